@@ -1,0 +1,3 @@
+from edgeas.cli import main
+
+main()

