@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -34,7 +33,7 @@ def _root(
 @app.command()
 def synth(
     out: Path = typer.Argument(..., help="Folder to create (MVTec layout)."),
-    classes: Optional[str] = typer.Option(None, help="Comma-separated class names."),
+    classes: str | None = typer.Option(None, help="Comma-separated class names."),
     per_class: int = typer.Option(80, "--per-class", help="Training images per class."),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same files."),
     size: int = typer.Option(224, help="Image side in pixels."),
@@ -50,10 +49,10 @@ def train(
     config: str = typer.Option(..., "--config", "-c", help="Preset name or YAML file."),
     data: Path = typer.Option(..., "--data", help="Data set root (MVTec, VisA or plain)."),
     out: Path = typer.Option(..., "--out", help="Run folder for checkpoints and logs."),
-    epochs: Optional[int] = typer.Option(None, help="Override train.epochs."),
-    batch: Optional[int] = typer.Option(None, help="Override train.batch."),
+    epochs: int | None = typer.Option(None, help="Override train.epochs."),
+    batch: int | None = typer.Option(None, help="Override train.batch."),
     resume: bool = typer.Option(False, help="Continue from OUT/last.pt."),
-    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps."),
+    max_steps: int | None = typer.Option(None, help="Stop after this many optimizer steps."),
 ) -> None:
     """Train UniAS on the normal images of every class in DATA (one model for all)."""
     from edgeas.train.trainer import train_command
@@ -64,8 +63,8 @@ def train(
 @app.command()
 def conformance(
     directory: Path = typer.Argument(..., help="Conformance folder (state_dict.npz, config.json)."),
-    tensors: Optional[Path] = typer.Option(None, help="Tensors file (default DIR/tensors.npz)."),
-    save: Optional[Path] = typer.Option(None, help="Write every computed tensor to this .npz."),
+    tensors: Path | None = typer.Option(None, help="Tensors file (default DIR/tensors.npz)."),
+    save: Path | None = typer.Option(None, help="Write every computed tensor to this .npz."),
 ) -> None:
     """Check the model against tensors recorded from the official UniAS code."""
     from edgeas.train.conformance import conformance_command
@@ -78,8 +77,8 @@ def conformance(
 def import_official(
     checkpoint: Path = typer.Argument(..., help="Checkpoint .pth of the official UniAS code."),
     output: Path = typer.Option(..., "-o", "--output", help="edgeas checkpoint to write."),
-    data: Optional[Path] = typer.Option(None, help="Data set to fit thresholds on."),
-    backbone_weights: Optional[Path] = typer.Option(
+    data: Path | None = typer.Option(None, help="Data set to fit thresholds on."),
+    backbone_weights: Path | None = typer.Option(
         None, help="EfficientNet-B4 weights (EfficientNet-PyTorch layout) if not in CKPT."
     ),
     reference_padding: bool = typer.Option(

@@ -231,7 +231,9 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> EdgeasConf
     return cfg
 
 
-def load_config(preset_or_path: str | Path, overrides: dict[str, Any] | None = None) -> EdgeasConfig:
+def load_config(
+    preset_or_path: str | Path, overrides: dict[str, Any] | None = None
+) -> EdgeasConfig:
     """Load a preset name or a YAML file, apply `overrides` (nested dict), validate."""
     text = str(preset_or_path)
     path = Path(text)
@@ -265,7 +267,9 @@ def validate(cfg: EdgeasConfig, source: str) -> None:
         )
     m = cfg.model
     if m.hidden_dim % m.heads:
-        raise ConfigError(f"{source}: model.hidden_dim {m.hidden_dim} not divisible by heads {m.heads}")
+        raise ConfigError(
+            f"{source}: model.hidden_dim {m.hidden_dim} not divisible by heads {m.heads}"
+        )
     tokens = cfg.grid[0] * cfg.grid[1]
     if m.channel_attention and tokens % m.heads:
         raise ConfigError(
