@@ -55,7 +55,7 @@ def train(
     max_steps: int | None = typer.Option(None, help="Stop after this many optimizer steps."),
 ) -> None:
     """Train UniAS on the normal images of every class in DATA (one model for all)."""
-    from edgeas.train.trainer import train_command
+    from edgeas.train.run import train_command
 
     train_command(config, data, out, epochs=epochs, batch=batch, resume=resume, max_steps=max_steps)
 

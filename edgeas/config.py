@@ -73,6 +73,7 @@ class TrainConfig:
     val_every: int = 10
     workers: int = 0
     amp: bool = True  # only on CUDA
+    optimizer: str = "adamw"  # adamw (reference) | sgd (used to test gradient averaging)
     # Augmentations per class; a class not listed gets none (flips or rotations
     # are only valid where they keep a normal image normal).
     augment: dict[str, list[str]] = field(default_factory=dict)
@@ -300,6 +301,8 @@ def validate(cfg: EdgeasConfig, source: str) -> None:
     t = cfg.train
     if t.batch < 1 or t.micro_batch < 1 or t.epochs < 1:
         raise ConfigError(f"{source}: train.batch, train.micro_batch and train.epochs must be >= 1")
+    if t.optimizer not in ("adamw", "sgd"):
+        raise ConfigError(f"{source}: train.optimizer '{t.optimizer}' is not adamw or sgd")
     if not 0 <= t.val_fraction < 1:
         raise ConfigError(f"{source}: train.val_fraction {t.val_fraction} must be in [0, 1)")
     for cls, augs in t.augment.items():

@@ -1,0 +1,48 @@
+"""Batched model inference to per-level maps, and aggregation to anomaly maps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def predict_level_maps(
+    model: torch.nn.Module,
+    dataset: Any,
+    batch: int = 8,
+    device: torch.device | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[np.ndarray]:
+    """Run the model in eval mode; returns the four raw maps res1..res4 as (N, h, w) arrays."""
+    from torch.utils.data import DataLoader
+
+    device = device or torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    levels: list[list[np.ndarray]] = [[], [], [], []]
+    try:
+        with torch.inference_mode():
+            for item in DataLoader(dataset, batch_size=batch, shuffle=False):
+                images = item[0].to(device)
+                out = model(images)
+                for i, d in enumerate(out.dists):
+                    levels[i].append(d.float().cpu().numpy())
+                if progress is not None:
+                    progress(images.shape[0])
+    finally:
+        model.train(was_training)
+    return [np.concatenate(chunks) for chunks in levels]
+
+
+def aggregate_maps(levels: list[np.ndarray], out_hw: tuple[int, int], mode: str) -> np.ndarray:
+    """Per image, the four level maps -> one anomaly map (N, H, W) at `out_hw`."""
+    from edgeas.aggregate import aggregate
+
+    n = levels[0].shape[0]
+    out = np.empty((n, *out_hw), np.float32)
+    for i in range(n):
+        out[i] = aggregate([lv[i] for lv in levels], out_hw, None, mode=mode)[0]
+    return out

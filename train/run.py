@@ -1,0 +1,228 @@
+"""`edgeas train`: set up data, model and trainer from a config; write the run folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from edgeas.config import EdgeasConfig, config_from_dict, load_config, save_config
+from edgeas.errors import ConfigError
+
+console = Console(stderr=True)
+
+
+def _overrides(epochs: int | None, batch: int | None) -> dict[str, Any]:
+    train: dict[str, Any] = {}
+    if epochs is not None:
+        train["epochs"] = epochs
+    if batch is not None:
+        train["batch"] = batch
+    return {"train": train} if train else {}
+
+
+def checkpoint_payload(
+    cfg: EdgeasConfig,
+    model,
+    classes: list[str],
+    fingerprint: str,
+    threshold: dict[str, Any],
+    recipe,
+) -> dict[str, Any]:
+    from edgeas.metadata import build_metadata
+
+    meta = build_metadata(
+        preset=cfg.preset,
+        backbone=cfg.backbone.name,
+        recipe=recipe.to_metadata(),
+        strides=list(model.backbone.strides),
+        aggregation_mode=cfg.aggregation.mode,
+        threshold=threshold,
+        min_area=cfg.threshold.min_area,
+        classes=classes,
+        data_fingerprint=fingerprint,
+        config=cfg.to_dict(),
+    )
+    return {"config": cfg.to_dict(), "metadata": meta}
+
+
+def fit_thresholds(cfg: EdgeasConfig, model, val_set, device) -> dict[str, Any]:
+    """Deployment threshold from held-out normal images, on maps of the runtime's mode."""
+    from edgeas.thresholds import threshold_from_normal, threshold_record
+    from edgeas.train.inference import aggregate_maps, predict_level_maps
+
+    from edgeas.config import THRESHOLD_POLICIES
+    from edgeas.metadata import unset_threshold
+
+    policy, mode = cfg.threshold.policy, cfg.aggregation.mode
+    param = cfg.threshold.param if cfg.threshold.param is not None else THRESHOLD_POLICIES[policy]
+    if len(val_set) == 0:
+        console.print(
+            "[yellow]warning:[/] no held-out normal images: threshold left unset "
+            "(the runtime will then require --threshold)"
+        )
+        return unset_threshold(policy, param, mode)
+    levels = predict_level_maps(model, val_set, batch=8, device=device)
+    maps = aggregate_maps(levels, tuple(cfg.input_size), mode)
+    value = threshold_from_normal(maps, policy, param)
+    return threshold_record(value, policy, param, mode)
+
+
+def train_command(
+    config: str,
+    data: Path,
+    out: Path,
+    epochs: int | None = None,
+    batch: int | None = None,
+    resume: bool = False,
+    max_steps: int | None = None,
+) -> Path:
+    import torch
+    from edgeas.train.checkpoint import load_checkpoint, save_checkpoint
+    from edgeas.train.data import data_fingerprint, index_dataset, split_train_val
+    from edgeas.train.datasets import TrainImages
+    from edgeas.train.distributed import barrier, init_from_env, pick_device, shutdown
+    from edgeas.train.model.unias import build_model
+    from edgeas.train.trainer import StopRequest, Trainer
+
+    from edgeas.metadata import unset_threshold
+    from edgeas.preprocess import Recipe
+
+    out = Path(out)
+    last = out / "last.pt"
+    stored = None
+    if resume:
+        stored = load_checkpoint(last)
+        cfg = config_from_dict(
+            _merge_stored(stored["config"], _overrides(epochs, batch)), f"{last} (stored config)"
+        )
+    else:
+        if last.exists():
+            raise ConfigError(
+                f"{out} already holds a run ({last})",
+                hint="add --resume to continue it, or choose another --out",
+            )
+        cfg = load_config(config, _overrides(epochs, batch))
+
+    # Every rank builds the same data order and the same initial decoder.
+    info = init_from_env(torch.device("cpu"))
+    device = pick_device(info)
+    torch.manual_seed(cfg.train.seed)
+    index = index_dataset(data)
+    fingerprint = data_fingerprint(index)
+    train_samples, val_samples = split_train_val(
+        index.train, cfg.train.val_fraction, cfg.train.seed
+    )
+    model = build_model(cfg, pretrained=False if stored else None)
+    recipe = Recipe(tuple(cfg.input_size), tuple(model.backbone.mean), tuple(model.backbone.std))
+    dataset = TrainImages(
+        train_samples, recipe, cfg.train.augment, index.classes, seed=cfg.train.seed
+    )
+    trainer = Trainer(cfg, model, device, info)
+    if stored is not None:
+        trainer.load_state(stored)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        console.print(
+            f"training [bold]{cfg.preset or config}[/] on {len(train_samples)} images "
+            f"of {len(index.classes)} classes ({', '.join(index.classes)}), "
+            f"{len(val_samples)} held out; device {device}, {info.world} process(es)"
+        )
+
+    threshold = unset_threshold(cfg.threshold.policy, cfg.threshold.param, cfg.aggregation.mode)
+
+    def save(kind: str) -> None:
+        if not info.is_main:
+            return
+        payload = {
+            **checkpoint_payload(cfg, model, index.classes, fingerprint, threshold, recipe),
+            **trainer.state(),
+        }
+        save_checkpoint(last, payload)
+        if kind == "epoch":
+            save_checkpoint(out / f"epoch_{trainer.position.epoch:04d}.pt", payload)
+
+    def log(record: dict[str, Any]) -> None:
+        if not info.is_main:
+            return
+        with open(out / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    stop = StopRequest()
+    stop.install()
+    try:
+        with _progress(info.is_main, cfg.train.epochs) as progress:
+            reason = trainer.run(dataset, cfg.train.epochs, save, log, max_steps, progress, stop)
+    finally:
+        stop.restore()
+    if reason != "stopped" and info.is_main:
+        val_set = TrainImages(val_samples, recipe, None, index.classes, seed=cfg.train.seed)
+        threshold = fit_thresholds(cfg, model, val_set, device)
+        save("last")
+        _summary(out, reason, trainer, threshold)
+    elif info.is_main:
+        console.print(
+            f"stopped at epoch {trainer.position.epoch + 1}, step "
+            f"{trainer.position.step}; state saved to {last}. Continue with: "
+            f"edgeas train --config {config} --data {data} --out {out} --resume"
+        )
+    barrier(info)
+    shutdown(info)
+    return last
+
+
+def _merge_stored(stored: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(stored)
+    if overrides:
+        merged["train"] = {**stored["train"], **overrides["train"]}
+    return merged
+
+
+def _summary(out: Path, reason: str, trainer, threshold: dict[str, Any]) -> None:
+    value = threshold.get("value")
+    shown = "unset" if value is None else f"{value:.5f}"
+    console.print(
+        f"[green]{'finished' if reason == 'done' else 'stopped after max steps'}[/]: "
+        f"epoch {trainer.position.epoch}, step {trainer.position.step}; threshold {shown} "
+        f"({threshold['policy']}, {threshold['mode']}); checkpoint {out / 'last.pt'}"
+    )
+    console.print(f"next: edgeas eval --checkpoint {out / 'last.pt'} --data DATA")
+
+
+class _progress:
+    """A rich progress bar with loss and images/s, on rank 0 only."""
+
+    def __init__(self, enabled: bool, epochs: int) -> None:
+        self.enabled, self.epochs = enabled, epochs
+        self.bar = None
+        self.task = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} img"),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TextColumn("{task.fields[ips]:.1f} img/s"),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        self.bar.__enter__()
+        self.task = self.bar.add_task(
+            "train", total=1, epoch=0, epochs=self.epochs, loss=0.0, ips=0.0
+        )
+        return self.update
+
+    def update(self, epoch: int, seen: int, total: int, loss: float, ips: float) -> None:
+        self.bar.update(self.task, completed=seen, total=total, epoch=epoch + 1, loss=loss, ips=ips)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
