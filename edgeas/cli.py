@@ -34,7 +34,12 @@ def _root(
 def synth(
     out: Path = typer.Argument(..., help="Folder to create (MVTec layout)."),
     classes: str | None = typer.Option(None, help="Comma-separated class names."),
-    per_class: int = typer.Option(80, "--per-class", help="Training images per class."),
+    per_class: int = typer.Option(
+        80,
+        "--per-class",
+        help="Training images per class; the test split gets max(2, round(N/4)) normal and "
+        "max(5, round(3N/8)) defective images (20 and 30 for 80).",
+    ),
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same files."),
     size: int = typer.Option(224, help="Image side in pixels."),
 ) -> None:
@@ -58,6 +63,19 @@ def train(
     from edgeas.train.run import train_command
 
     train_command(config, data, out, epochs=epochs, batch=batch, resume=resume, max_steps=max_steps)
+
+
+@app.command("eval")
+def eval_(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="edgeas checkpoint (.pt)."),
+    data: Path = typer.Option(..., "--data", help="Data set root with a test split."),
+    out: Path | None = typer.Option(None, "--out", help="Folder for metrics.json, figures."),
+    batch: int = typer.Option(8, help="Images per forward pass."),
+) -> None:
+    """Evaluate a checkpoint on the test split: pAP, DSC, AUROC, AU-PRO per class, figures."""
+    from edgeas.train.evaluate import eval_command
+
+    eval_command(checkpoint, data, out, batch)
 
 
 @app.command()
@@ -103,7 +121,10 @@ def inspect(file: Path = typer.Argument(..., help="Checkpoint, ONNX model or eng
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns the code of a typer.Exit instead of exiting.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except EdgeasError as exc:
         if _state["debug"] or os.environ.get("EDGEAS_DEBUG") == "1":
             raise

@@ -48,6 +48,7 @@ def compare(name: str, got: np.ndarray, want: np.ndarray) -> Comparison:
 def run_conformance(directory: Path, tensors: Path | None = None) -> tuple[dict, dict]:
     """Return (computed tensors by recorded name, recorded tensors)."""
     import torch
+
     from edgeas.aggregate import reference_stages
     from edgeas.train.model.unias import UniASDecoder, reconstruction_loss
     from edgeas.train.official import (

@@ -39,10 +39,6 @@ def predict_level_maps(
 
 def aggregate_maps(levels: list[np.ndarray], out_hw: tuple[int, int], mode: str) -> np.ndarray:
     """Per image, the four level maps -> one anomaly map (N, H, W) at `out_hw`."""
-    from edgeas.aggregate import aggregate
+    from edgeas.aggregate import aggregate_batch
 
-    n = levels[0].shape[0]
-    out = np.empty((n, *out_hw), np.float32)
-    for i in range(n):
-        out[i] = aggregate([lv[i] for lv in levels], out_hw, None, mode=mode)[0]
-    return out
+    return aggregate_batch(levels, out_hw, mode)
