@@ -50,9 +50,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def model_from_checkpoint(data: dict[str, Any], source: str = "checkpoint"):
     """Rebuild the model from the config stored in a checkpoint and load its weights."""
-    from edgeas.train.model.unias import build_model
-
     from edgeas.config import config_from_dict
+    from edgeas.train.model.unias import build_model
 
     cfg = config_from_dict(data["config"], f"{source} (stored config)")
     # Weights come from the checkpoint, including the backbone's: no weight file needed.

@@ -50,11 +50,10 @@ def checkpoint_payload(
 
 def fit_thresholds(cfg: EdgeasConfig, model, val_set, device) -> dict[str, Any]:
     """Deployment threshold from held-out normal images, on maps of the runtime's mode."""
-    from edgeas.thresholds import threshold_from_normal, threshold_record
-    from edgeas.train.inference import aggregate_maps, predict_level_maps
-
     from edgeas.config import THRESHOLD_POLICIES
     from edgeas.metadata import unset_threshold
+    from edgeas.thresholds import threshold_from_normal, threshold_record
+    from edgeas.train.inference import aggregate_maps, predict_level_maps
 
     policy, mode = cfg.threshold.policy, cfg.aggregation.mode
     param = cfg.threshold.param if cfg.threshold.param is not None else THRESHOLD_POLICIES[policy]
@@ -80,15 +79,15 @@ def train_command(
     max_steps: int | None = None,
 ) -> Path:
     import torch
+
+    from edgeas.metadata import unset_threshold
+    from edgeas.preprocess import Recipe
     from edgeas.train.checkpoint import load_checkpoint, save_checkpoint
     from edgeas.train.data import data_fingerprint, index_dataset, split_train_val
     from edgeas.train.datasets import TrainImages
     from edgeas.train.distributed import barrier, init_from_env, pick_device, shutdown
     from edgeas.train.model.unias import build_model
     from edgeas.train.trainer import StopRequest, Trainer
-
-    from edgeas.metadata import unset_threshold
-    from edgeas.preprocess import Recipe
 
     out = Path(out)
     last = out / "last.pt"

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from edgeas.train.distributed import DistInfo, all_reduce_sum, any_flag, shard
 from torch import nn
 
 from edgeas.config import EdgeasConfig
 from edgeas.errors import EdgeasError
+from edgeas.train.distributed import DistInfo, all_reduce_sum, any_flag, shard
 
 
 class TrainingError(EdgeasError):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
-from edgeas.train.model.layers import ConvNorm, EncoderLayer, sine_position_encoding
 from torch import Tensor, nn
+
+from edgeas.train.model.layers import ConvNorm, EncoderLayer, sine_position_encoding
 
 
 class _Encoder(nn.Module):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from torch import Tensor, nn
+
+from edgeas.config import ModelConfig
 from edgeas.train.model.layers import (
     MGGCNN,
     CrossAttnLayer,
@@ -12,9 +15,6 @@ from edgeas.train.model.layers import (
     sine_position_encoding,
 )
 from edgeas.train.model.sar import QueryProcessor
-from torch import Tensor, nn
-
-from edgeas.config import ModelConfig
 
 
 class PatchEmbed(nn.Module):

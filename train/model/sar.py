@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from edgeas.train.model.layers import MGGCNN
 from torch import Tensor, nn
+
+from edgeas.train.model.layers import MGGCNN
 
 
 class _MLP(nn.Module):

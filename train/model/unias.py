@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from edgeas.train.model.layers import GaussianBlur
-from edgeas.train.model.pixel_decoder import PixelDecoder
-from edgeas.train.model.predictor import Predictor
 from torch import Tensor, nn
 
 from edgeas.config import EdgeasConfig, ModelConfig
+from edgeas.train.model.layers import GaussianBlur
+from edgeas.train.model.pixel_decoder import PixelDecoder
+from edgeas.train.model.predictor import Predictor
 
 COS_EPS = 1e-8
 
