@@ -25,7 +25,9 @@ def predict_level_maps(
     levels: list[list[np.ndarray]] = [[], [], [], []]
     try:
         with torch.inference_mode():
-            for item in DataLoader(dataset, batch_size=batch, shuffle=False):
+            # A private generator keeps the global RNG (saved in checkpoints) untouched.
+            loader = DataLoader(dataset, batch_size=batch, generator=torch.Generator())
+            for item in loader:
                 images = item[0].to(device)
                 out = model(images)
                 for i, d in enumerate(out.dists):

@@ -192,7 +192,14 @@ class Trainer:
             batches = [b for b in batches if len(b) >= self.info.world]
             todo = batches[self.position.batch_in_epoch :]
             local = [shard(b, self.info) for b in todo]
-            loader = DataLoader(dataset, batch_sampler=local, num_workers=t.workers)
+            # A private generator: the loader must not draw from the global RNG, whose state
+            # (jitter, dropout) is part of the checkpoint and must replay exactly on resume.
+            loader = DataLoader(
+                dataset,
+                batch_sampler=local,
+                num_workers=t.workers,
+                generator=torch.Generator().manual_seed(t.seed + epoch),
+            )
             started, seen, loss_sum = time.perf_counter(), 0, 0.0
             for global_batch, (images, _) in zip(todo, loader):
                 local_sum = self.accumulate_gradients(images, len(global_batch))
