@@ -1,0 +1,197 @@
+"""Time fused aggregation to a camera frame against the naive baseline.
+
+    python benchmarks/aggregate_bench.py [--runs 40] [--size 1920x1080] [--out benchmarks/results]
+
+Four realistic per-level maps (112, 56, 28, 14 px: EfficientNet-B4 at 224
+input; smooth low background plus one defect) -> anomaly map and mask at the
+frame size, threshold applied. Timed, interleaved in the same process so both
+see the same machine state (run order alternates every round):
+- fused: `edgeas.aggregate.aggregate(maps, (H, W), tau)` (mode "fused");
+- naive: `naive_aggregate`: four full-size cv2.resize, three multiplies,
+  one compare, every intermediate freshly allocated;
+- for context, not part of the ratio: the naive steps with reused buffers
+  (shows where the gain comes from) and `reference` mode at the frame size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgeas.aggregate import aggregate, naive_aggregate
+from edgeas.fileio import atomic_write_text
+
+LEVELS = (112, 56, 28, 14)
+SEED = 0
+WARMUP = 5
+
+
+def make_maps(seed: int = SEED) -> list[np.ndarray]:
+    """Per-level 1 - cos maps: low smooth background, one defect near (0.6, 0.4)."""
+    rng = np.random.default_rng(seed)
+    maps = []
+    for s in LEVELS:
+        field = cv2.GaussianBlur(rng.random((s, s), dtype=np.float32), (0, 0), s / 20)
+        field = (field - field.min()) / max(float(np.ptp(field)), 1e-6)
+        yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s
+        bump = np.exp(-((yy - 0.6) ** 2 + (xx - 0.4) ** 2) / (2 * 0.04**2))
+        noise = 0.01 * rng.random((s, s), dtype=np.float32)
+        maps.append((0.05 + 0.15 * field + 0.7 * bump + noise).astype(np.float32))
+    return maps
+
+
+def naive_with_buffers(h: int, w: int) -> Callable:
+    """The naive steps, but into buffers allocated once (context row only)."""
+    bufs = [np.empty((h, w), np.float32) for _ in LEVELS]
+    mask = np.empty((h, w), np.uint8)
+
+    def run(maps: list[np.ndarray], tau: float):
+        for m, b in zip(maps, bufs, strict=True):
+            cv2.resize(m, (w, h), dst=b, interpolation=cv2.INTER_LINEAR)
+        a = bufs[0]
+        for i in (3, 2, 1):
+            np.multiply(a, bufs[i], out=a)
+        np.greater_equal(a, np.float32(tau), out=mask.view(np.bool_))
+        return a, mask
+
+    return run
+
+
+def stats_ms(times: list[float]) -> dict:
+    t = np.asarray(times) * 1e3
+    return {
+        "median_ms": round(float(np.median(t)), 3),
+        "p10_ms": round(float(np.percentile(t, 10)), 3),
+        "p90_ms": round(float(np.percentile(t, 90)), 3),
+        "min_ms": round(float(t.min()), 3),
+        "runs": len(times),
+    }
+
+
+def run(runs: int, h: int, w: int, out_dir: Path) -> dict:
+    load_before = os.getloadavg()[0]
+    maps = make_maps()
+    fused_map, _ = aggregate(maps, (h, w))
+    tau = float(np.quantile(fused_map[::8, ::8], 0.995))
+    buffered = naive_with_buffers(h, w)
+    candidates: dict[str, Callable] = {
+        "fused": lambda: aggregate(maps, (h, w), tau, mode="fused"),
+        "naive": lambda: naive_aggregate(maps, (h, w), tau),
+        "naive_reused_buffers": lambda: buffered(maps, tau),
+        "reference_at_frame_size": lambda: aggregate(maps, (h, w), tau, mode="reference"),
+    }
+    names = list(candidates)
+    for _ in range(WARMUP):
+        for name in names:
+            candidates[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(runs):
+        for name in names if r % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter()
+            candidates[name]()
+            times[name].append(time.perf_counter() - t0)
+
+    a, m = candidates["fused"]()
+    b, n = candidates["naive"]()
+    timing = {name: stats_ms(t) for name, t in times.items()}
+    report = {
+        "task": "4 level maps -> anomaly map float32 + mask uint8 at frame size",
+        "levels": [[s, s] for s in LEVELS],
+        "out_hw": [h, w],
+        "threshold": tau,
+        "mask_fraction": round(float(m.mean()), 5),
+        "timing": timing,
+        "speedup_fused_vs_naive_median": round(
+            timing["naive"]["median_ms"] / timing["fused"]["median_ms"], 2
+        ),
+        "fused_vs_naive_max_abs_diff": float(np.abs(a - b).max()),
+        "fused_vs_naive_mask_mismatches": int((m != n).sum()),
+        "machine": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "opencv": cv2.__version__,
+            "opencv_threads": cv2.getNumThreads(),
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            # other processes share the cores: absolute times move with load, the
+            # interleaved ratio much less
+            "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        },
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "aggregate.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out_dir / "aggregate.md", markdown(report))
+    return report
+
+
+def markdown(r: dict) -> str:
+    m = r["machine"]
+    h, w = r["out_hw"]
+    runs = r["timing"]["fused"]["runs"]
+    rows = [
+        f"| {name} | {t['median_ms']} | {t['p10_ms']} | {t['p90_ms']} | {t['min_ms']} |"
+        for name, t in r["timing"].items()
+    ]
+    return "\n".join(
+        [
+            "# Aggregation benchmark: 4 level maps -> map + mask at frame size",
+            "",
+            f"Maps {' / '.join(str(s[0]) for s in r['levels'])} px -> {w}x{h}, threshold "
+            f"applied (mask covers {100 * r['mask_fraction']:.2f} %). {runs} interleaved"
+            f" runs each after {WARMUP} warm-up rounds; Python {m['python']}, numpy "
+            f"{m['numpy']}, OpenCV {m['opencv']} ({m['opencv_threads']} threads), "
+            f"{m['cpu_count']} CPUs ({m['cpu']}), 1-min load average before/after "
+            f"{m['load_average_1m'][0]} / {m['load_average_1m'][1]}. "
+            "Generated by `benchmarks/aggregate_bench.py`.",
+            "",
+            "| variant | median ms | p10 ms | p90 ms | min ms |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+            f"**fused vs naive (median): {r['speedup_fused_vs_naive_median']}x**; "
+            f"max abs difference {r['fused_vs_naive_max_abs_diff']:.3g}, "
+            f"mask mismatches {r['fused_vs_naive_mask_mismatches']}.",
+            "",
+            "- fused: each level resized (cv2 INTER_LINEAR, float32, multi-threaded, GIL released)",
+            "  into one reused scratch buffer and multiplied into the output in place; the mask",
+            "  is written by comparing into a bool view of the uint8 result. Only the returned",
+            "  map and mask are allocated.",
+            "- naive: four full-size resizes, three multiplies and a compare plus astype, each",
+            "  result a fresh multi-MB array.",
+            "- naive_reused_buffers (context): the naive steps into buffers allocated once. It",
+            "  runs about as fast as fused: the arithmetic is the same, the gain is memory",
+            "  traffic and page faults of the temporaries, not fewer operations.",
+            "- reference_at_frame_size (context): blur and product at 112x112, then the",
+            "  align-corners upsample to the frame in numpy.",
+            "",
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=40, help="timed runs per variant (>= 20)")
+    parser.add_argument("--size", default="1920x1080", help="output WIDTHxHEIGHT")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent / "results", help="output dir"
+    )
+    args = parser.parse_args()
+    if args.runs < 20:
+        parser.error("--runs must be at least 20")
+    try:
+        w, h = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        parser.error(f"--size must be WIDTHxHEIGHT, got {args.size!r}")
+    print(markdown(run(args.runs, h, w, args.out)))
+
+
+if __name__ == "__main__":
+    main()
