@@ -119,6 +119,28 @@ def inspect(file: Path = typer.Argument(..., help="Checkpoint, ONNX model or eng
     print(json.dumps(read_metadata(file), indent=2))
 
 
+@app.command()
+def doctor(
+    for_: str | None = typer.Option(
+        None,
+        "--for",
+        help="train, build-engine or stream: exit 1, naming what is missing and how to install "
+        "it, unless this machine has what that command needs.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print only JSON on stdout."),
+    config: Path | None = typer.Option(
+        None, "--config", help="Station file: its model, source and events folder are checked."
+    ),
+    events_dir: Path | None = typer.Option(
+        None, "--events-dir", help="Events folder to check (default: the station file's, ./events)."
+    ),
+) -> None:
+    """Report Python, extras, torch/CUDA, TensorRT, pycuda, ONNX Runtime, OpenCV, GPU, Jetson."""
+    from edgeas.doctor import doctor_command
+
+    raise typer.Exit(doctor_command(for_, as_json, config, events_dir))
+
+
 def main() -> None:
     try:
         # Without standalone mode click returns the code of a typer.Exit instead of exiting.
