@@ -110,6 +110,86 @@ def import_official(
 
 
 @app.command()
+def export(
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="edgeas checkpoint (.pt)."),
+    config: str | None = typer.Option(
+        None, "--config", "-c", help="Preset or YAML of an untrained model (with --random-init)."
+    ),
+    random_init: bool = typer.Option(
+        False, "--random-init", help="Export the --config model untrained (random backbone too)."
+    ),
+    output: Path = typer.Option(..., "-o", "--output", help="ONNX file to write."),
+    opset: int = typer.Option(17, help="ONNX opset (17..20)."),
+    batch: int | None = typer.Option(None, help="Static batch size (default 1)."),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Batch dimension 'N'."),
+    precision: str = typer.Option(
+        "fp32", help="fp32 | fp16 (fp16 also writes OUT.fp16.onnx: typed FP16, float32 I/O)."
+    ),
+    with_map: bool = typer.Option(
+        False, "--with-map", help="Also output anomaly_map (reference aggregation) and score."
+    ),
+) -> None:
+    """Export to ONNX (dist_res1..4), verified against PyTorch with ONNX Runtime."""
+    from edgeas.export.command import export_command
+
+    export_command(
+        checkpoint, config, random_init, output, opset, batch, dynamic_batch, precision, with_map
+    )
+
+
+@app.command("build-engine")
+def build_engine(
+    onnx: Path = typer.Option(..., "--onnx", help="ONNX model from `edgeas export`/`calibrate`."),
+    output: Path = typer.Option(..., "-o", "--output", help="Engine file to write."),
+    precision: str | None = typer.Option(
+        None, help="fp32 | fp16 | int8 (default: the ONNX's own precision)."
+    ),
+    calib_images: Path | None = typer.Option(
+        None, "--calib-images", help="Normal images for TensorRT 10's INT8 calibrator."
+    ),
+    calib_cache: Path | None = typer.Option(
+        None, "--calib-cache", help="Calibration cache to reuse or write (default OUT.calib)."
+    ),
+    calib_num: int = typer.Option(256, "--calib-num", help="At most this many images."),
+    workspace_gb: float = typer.Option(2.0, "--workspace-gb", help="Builder workspace (GiB)."),
+    min_batch: int | None = typer.Option(None, "--min-batch", help="Dynamic batch: min (1)."),
+    opt_batch: int | None = typer.Option(None, "--opt-batch", help="Dynamic batch: tuned (min)."),
+    max_batch: int | None = typer.Option(None, "--max-batch", help="Dynamic batch: max (8)."),
+    timing_cache: Path | None = typer.Option(
+        None, "--timing-cache", help="Timing cache file, read if present and updated."
+    ),
+    dla_core: int | None = typer.Option(None, "--dla-core", help="Jetson DLA core (TRT 10)."),
+    gpu_fallback: bool = typer.Option(
+        False, "--gpu-fallback", help="With --dla-core: run unsupported layers on the GPU."
+    ),
+    tensorrt: str = typer.Option(
+        "auto", "--tensorrt", help="auto | tensorrt | tensorrt_rtx: which TensorRT to use."
+    ),
+    optimization_level: int | None = typer.Option(
+        None, "--optimization-level", help="Builder optimisation 0-5 (lower builds faster)."
+    ),
+) -> None:
+    """Build a TensorRT engine and its sidecar OUT.json (never imports torch)."""
+    from edgeas.export.engine import BuildOptions, build_engine_command
+
+    options = BuildOptions(
+        precision=precision,
+        workspace_gb=workspace_gb,
+        min_batch=min_batch,
+        opt_batch=opt_batch,
+        max_batch=max_batch,
+        timing_cache=timing_cache,
+        dla_core=dla_core,
+        gpu_fallback=gpu_fallback,
+        optimization_level=optimization_level,
+        calib_images=calib_images,
+        calib_cache=calib_cache,
+        calib_num=calib_num,
+    )
+    build_engine_command(onnx, output, options, tensorrt)
+
+
+@app.command()
 def inspect(file: Path = typer.Argument(..., help="Checkpoint, ONNX model or engine.")) -> None:
     """Print the edgeas metadata of a checkpoint, ONNX model or engine."""
     import json

@@ -1,0 +1,162 @@
+"""`edgeas export`: checkpoint (or an untrained preset) -> model.onnx [+ model.fp16.onnx]."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from edgeas.errors import ConfigError
+from edgeas.fileio import atomic_write_bytes
+
+console = Console(stderr=True, soft_wrap=True)
+PRECISIONS = ("fp32", "fp16")
+
+
+def fp16_path(output: Path) -> Path:
+    """model.onnx -> model.fp16.onnx."""
+    return output.with_name(f"{output.stem}.fp16{output.suffix or '.onnx'}")
+
+
+def random_init_model(config: str):
+    """An untrained model of a preset or YAML, random backbone included, and its metadata
+    (threshold unset, no classes): for sizing, benchmarks and tests."""
+    import torch
+
+    from edgeas.config import load_config
+    from edgeas.metadata import build_metadata, unset_threshold
+    from edgeas.preprocess import Recipe
+    from edgeas.train.model.unias import build_model
+
+    cfg = load_config(config)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg, pretrained=False)
+    recipe = Recipe(tuple(cfg.input_size), tuple(model.backbone.mean), tuple(model.backbone.std))
+    meta = build_metadata(
+        preset=cfg.preset,
+        backbone=cfg.backbone.name,
+        recipe=recipe.to_metadata(),
+        strides=list(model.backbone.strides),
+        aggregation_mode=cfg.aggregation.mode,
+        threshold=unset_threshold(cfg.threshold.policy, cfg.threshold.param, cfg.aggregation.mode),
+        min_area=cfg.threshold.min_area,
+        classes=[],
+        data_fingerprint=None,
+        config=cfg.to_dict(),
+    )
+    meta["weights"] = "random-init"
+    return model, meta
+
+
+def checkpoint_model(checkpoint: Path):
+    from edgeas.metadata import config_hash, validate_metadata
+    from edgeas.train.checkpoint import load_checkpoint, model_from_checkpoint
+
+    data = load_checkpoint(checkpoint)
+    _, model = model_from_checkpoint(data, str(checkpoint))
+    meta = dict(validate_metadata(data.get("metadata"), str(checkpoint)))
+    meta.setdefault("config_sha256", config_hash(data["config"]))
+    meta["weights"] = f"checkpoint {checkpoint.name}"
+    return model, meta
+
+
+def _check_args(
+    checkpoint, config, random_init, output, batch, dynamic_batch, precision, opset
+) -> None:
+    from edgeas.export.onnx_export import check_opset
+
+    check_opset(opset)
+    if (checkpoint is None) == (config is None):
+        raise ConfigError(
+            "give either --checkpoint CKPT or --config PRESET --random-init",
+            hint="edgeas export --checkpoint runs/x/last.pt -o model.onnx",
+        )
+    if config is not None and not random_init:
+        raise ConfigError(
+            f"--config {config} exports an untrained model and needs --random-init",
+            hint="to export trained weights use --checkpoint",
+        )
+    if checkpoint is not None and random_init:
+        raise ConfigError("--random-init goes with --config, not with --checkpoint")
+    if precision not in PRECISIONS:
+        raise ConfigError(
+            f"--precision {precision} is not one of {', '.join(PRECISIONS)}",
+            hint="INT8 comes from `edgeas calibrate --onnx model.onnx --images DIR`",
+        )
+    if dynamic_batch and batch is not None:
+        raise ConfigError("--batch and --dynamic-batch exclude each other")
+    if output.suffix != ".onnx":
+        raise ConfigError(f"-o {output}: the output must be an .onnx file")
+
+
+def export_command(
+    checkpoint: Path | None,
+    config: str | None,
+    random_init: bool,
+    output: Path,
+    opset: int = 17,
+    batch: int | None = None,
+    dynamic_batch: bool = False,
+    precision: str = "fp32",
+    with_map: bool = False,
+) -> dict[str, Any]:
+    from edgeas.export.onnx_export import FP32_TOLERANCE, add_fp16, export_model
+
+    output = Path(output)
+    _check_args(checkpoint, config, random_init, output, batch, dynamic_batch, precision, opset)
+    start = time.perf_counter()
+    if checkpoint is not None:
+        model, meta = checkpoint_model(Path(checkpoint))
+    else:
+        model, meta = random_init_model(config)
+    result = export_model(
+        model, meta, opset=opset, batch=None if dynamic_batch else (batch or 1),
+        with_map=with_map,
+    )
+    atomic_write_bytes(output, result.model.SerializeToString())
+    st = result.stats
+    console.print(
+        f"[green]wrote[/] {output} (opset {opset}, batch {result.meta['export']['batch']}, "
+        f"{st['nodes']} nodes after clean-up of {st['nodes_exported']}, "
+        f"{st['masks_made_finite']} attention masks made finite) in "
+        f"{time.perf_counter() - start:.1f} s"
+    )
+    console.print(
+        f"ONNX Runtime vs PyTorch on {len(result.images)} images, max relative error "
+        f"(limit {FP32_TOLERANCE:g}):"
+    )
+    for name, err in result.parity.items():
+        console.print(f"  {name:<12} {err:.2e}")
+    written = {"onnx": str(output), "parity": result.parity}
+    if precision == "fp16":
+        add_fp16(result)
+        path16 = fp16_path(output)
+        _report_fp16(result)
+        if result.fp16_failure is not None:
+            raise result.fp16_failure
+        atomic_write_bytes(path16, result.fp16.SerializeToString())
+        console.print(f"[green]wrote[/] {path16}")
+        written.update(onnx_fp16=str(path16), fp16_accuracy=result.fp16_accuracy)
+    if meta["threshold"].get("value") is None:
+        console.print("[yellow]note:[/] the threshold is unset; the runtime will need --threshold")
+    console.print(f"next: edgeas build-engine --onnx {output} -o {output.with_suffix('.engine')}")
+    return written
+
+
+def _report_fp16(result) -> None:
+    st = result.fp16_stats
+    kept = ", ".join(f"{k} {v}" for k, v in st["kept_fp32"].items())
+    console.print(
+        f"FP16 graph: {st['fp16_nodes']} nodes FP16, {st['fp32_nodes']} kept FP32 ({kept}), "
+        f"{st['casts']} casts. vs FP32 (worst image; ORT = the typed graph under ONNX "
+        "Runtime, EMU = FP16 storage emulated, which ORT's CPU provider skips):"
+    )
+    ort, emu = result.fp16_accuracy["onnxruntime"], result.fp16_accuracy["fp16_storage_emulation"]
+    for name in ort:
+        parts = []
+        for label, acc in (("ORT", ort[name]), ("EMU", emu[name])):
+            cos = "" if acc["cosine_min"] is None else f"cosine {acc['cosine_min']:.6f} "
+            parts.append(f"{label} {cos}max abs {acc['max_abs']:.2e}")
+        console.print(f"  {name:<12} " + " | ".join(parts))

@@ -1,0 +1,225 @@
+"""`edgeas build-engine`: ONNX -> `model.engine` + `model.engine.json`.
+
+The steps (`edgeas.export.trt_build`): detect the TensorRT flavour -> make the
+ONNX the builder needs (a typed FP16 graph for strongly typed builders) ->
+parse -> config -> build -> save. Imports neither torch nor, until called,
+TensorRT: it runs on a Jetson with the runtime-only install.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from edgeas.artifacts import read_onnx_metadata, sha256_file, sidecar_path
+from edgeas.errors import ConfigError, DependencyError, require
+from edgeas.export import trt_build
+from edgeas.export.trt_build import BuildOptions, Flavour, GpuInfo
+from edgeas.fileio import atomic_write_bytes, atomic_write_text
+from edgeas.preprocess import Recipe
+
+__all__ = ["BuildOptions", "build_engine", "build_engine_command", "prepare_onnx"]
+PRECISIONS = ("fp32", "fp16", "int8")
+console = Console(stderr=True, soft_wrap=True)
+
+
+@dataclass
+class Prepared:
+    source: Path | bytes  # what the parser reads
+    precision: str  # what the engine will run
+    conversion: dict[str, Any] | None = None
+
+
+def _typed_fp16(onnx_path: Path, meta: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    """The FP32 ONNX as a typed FP16 graph (float32 I/O), with its metadata updated."""
+    onnx = require("onnx", "onnx", "export")
+    from edgeas.export.fp16 import convert_to_fp16
+    from edgeas.export.onnx_graph import set_metadata
+
+    model16, stats = convert_to_fp16(onnx.load(str(onnx_path)))
+    set_metadata(model16, dict(meta, precision="fp16"))
+    data = model16.SerializeToString()
+    info = {"from": "fp32", "to": "fp16", "tool": "edgeas.export.fp16",
+            "kept_fp32": stats["kept_fp32"], "typed_onnx_sha256": hashlib.sha256(data).hexdigest()}
+    return data, info
+
+
+def prepare_onnx(flavour: Flavour, onnx_path: Path, meta: dict[str, Any], wanted: str | None):
+    """Decide the engine precision and what to parse; strongly typed builders get an
+    ONNX whose types already are that precision."""
+    have = str(meta.get("precision", "fp32"))
+    want = wanted or have
+    if want not in PRECISIONS:
+        raise ConfigError(f"--precision {want} is not one of {', '.join(PRECISIONS)}")
+    if have != "fp32" and want != have:
+        raise ConfigError(
+            f"{onnx_path} is a {have} model; it cannot become a {want} engine",
+            hint="build from the FP32 model.onnx that `edgeas export` wrote",
+        )
+    if not flavour.strongly_typed or want == have:
+        return Prepared(onnx_path, want)
+    if want == "fp16":
+        data, info = _typed_fp16(onnx_path, meta)
+        return Prepared(data, want, info)
+    raise ConfigError(
+        f"{flavour.label} has no INT8 calibrator: it builds INT8 from a Q/DQ ONNX",
+        hint=f"run `edgeas calibrate --onnx {onnx_path} --images DIR -o model.int8.onnx` and "
+        "build from model.int8.onnx",
+    )
+
+
+def _fp32_layer_names(onnx_path: Path) -> set[str] | None:
+    """Names of the nodes the FP16 converter keeps in FP32 (pinned on TensorRT 10)."""
+    try:
+        onnx = require("onnx", "onnx", "export")
+    except DependencyError:
+        return None
+    from edgeas.export.fp16 import fp32_node_names
+
+    return set(fp32_node_names(onnx.load(str(onnx_path))))
+
+
+def _calibration(flavour, options, meta, parsed, output, onnx_sha, precision):
+    """(calibrator, the sidecar's calibration record, the cache), each possibly None."""
+    trt = flavour.trt
+    if precision != "int8":
+        return None, None, None
+    if trt_build.has_qdq(trt, parsed.network):
+        return None, {"method": "qdq", **dict(meta.get("calibration") or {})}, None
+    if flavour.strongly_typed:
+        raise ConfigError(
+            f"{flavour.label} builds INT8 only from a Q/DQ ONNX, and this one has no Q/DQ nodes",
+            hint="use the model.int8.onnx written by `edgeas calibrate`",
+        )
+    if options.calib_images is None:
+        raise ConfigError(
+            "INT8 on TensorRT 10 needs --calib-images DIR (normal images) or a Q/DQ ONNX",
+            hint="or build FP16; calibrating on anything but normal station images is wrong",
+        )
+    from edgeas.export import trt_calibrator as tc
+
+    recipe = Recipe.from_metadata(meta)
+    paths = tc.list_images(options.calib_images, options.calib_num)
+    if len(paths) < tc.WARN_IMAGES:
+        console.print(f"[yellow]warning:[/] {len(paths)} calibration images; "
+                      f">= {tc.WARN_IMAGES} are recommended")
+    static = int(parsed.network.get_input(0).shape[0])
+    # a static graph calibrates at its own batch; a dynamic one at --calib-batch
+    batches = tc.CalibrationBatches(paths, recipe, static if static > 0 else options.calib_batch)
+    provenance = {
+        "method": tc.METHOD, "images": batches.count, "batch": batches.batch,
+        "file_list_sha256": tc.file_list_sha256(paths[: batches.count], options.calib_images),
+        "onnx_sha256": onnx_sha, "input_size": list(recipe.input_size),
+    }
+    cache = tc.CalibrationCache(options.calib_cache or output.with_name(output.name + ".calib"),
+                                provenance)
+    calibrator = tc.make_entropy_calibrator(trt, batches, cache)
+    record = {k: provenance[k] for k in ("method", "images", "file_list_sha256")}
+    return calibrator, dict(record, cache=str(cache.path)), cache
+
+
+def build_engine(
+    onnx_path: Path,
+    output: Path,
+    options: BuildOptions,
+    flavour: Flavour | None = None,
+    gpu: GpuInfo | None = None,
+) -> dict[str, Any]:
+    """Build and save; returns the sidecar. `flavour`/`gpu` default to what is installed."""
+    onnx_path, output = Path(onnx_path), Path(output)
+    if not onnx_path.is_file():
+        raise ConfigError(f"--onnx {onnx_path}: file not found")
+    if output.resolve() == onnx_path.resolve() or output.suffix == ".json":
+        raise ConfigError(f"-o {output}: choose an engine file such as model.engine")
+    meta = read_onnx_metadata(onnx_path)
+    gpu = gpu or trt_build.probe_gpu()
+    flavour = flavour or trt_build.detect_flavour("auto", gpu)
+    if flavour.name == "tensorrt" and gpu.name is None:
+        raise DependencyError(
+            f"{flavour.label} builds engines on an NVIDIA GPU and there is none here "
+            f"({gpu.reason})",
+            hint="build on the target machine, or install tensorrt-rtx, which builds engines "
+            "for RTX GPUs on a CPU",
+        )
+    onnx_sha = sha256_file(onnx_path)
+    prepared = prepare_onnx(flavour, onnx_path, meta, options.precision)
+    logger = trt_build.make_logger(flavour.trt, echo=lambda m: console.print(f"[dim]{m}[/]"))
+    parsed = trt_build.parse_onnx(flavour, prepared.source, logger, str(onnx_path))
+    profile = trt_build.batch_profile(parsed.network, options.min_batch, options.opt_batch,
+                                      options.max_batch, str(onnx_path))
+    calibrator, calibration, cache = _calibration(flavour, options, meta, parsed, output, onnx_sha,
+                                           prepared.precision)
+    names = None
+    if prepared.precision == "fp16" and not flavour.strongly_typed:
+        names = _fp32_layer_names(onnx_path)
+    config, applied = trt_build.make_config(flavour, parsed, options, prepared.precision,
+                                            profile, calibrator, names)
+    if prepared.precision == "fp16" and not flavour.strongly_typed and names is None:
+        applied["fp32_layers"] = "not pinned (the onnx package is missing)"
+    start = time.perf_counter()
+    try:
+        engine = trt_build.build(flavour, parsed, config, str(onnx_path))
+    finally:
+        if calibrator is not None:
+            calibrator.close()
+    seconds = time.perf_counter() - start
+    if options.timing_cache is not None:
+        trt_build.save_timing_cache(config, Path(options.timing_cache))
+    if cache is not None:
+        calibration["cache_reused"] = cache.reused
+    sidecar = {
+        **meta,
+        "precision": prepared.precision,
+        "tensorrt_version": flavour.version,
+        "tensorrt_flavour": flavour.name,
+        "gpu": gpu.name,
+        "compute_capability": gpu.compute_capability,
+        "gpu_reason": gpu.reason,
+        "onnx_file": onnx_path.name,
+        "onnx_sha256": onnx_sha,
+        "onnx_conversion": prepared.conversion,
+        **trt_build.network_io(flavour.trt, parsed.network),
+        "build_options": applied,
+        "calibration": calibration,
+        "engine_sha256": hashlib.sha256(engine).hexdigest(),
+        "engine_bytes": len(engine),
+        "build_seconds": round(seconds, 2),
+        "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    save(output, engine, sidecar)
+    return sidecar
+
+
+def save(output: Path, engine: bytes, sidecar: dict[str, Any]) -> None:
+    """Engine first, then its sidecar, each atomically. The sidecar names the engine's
+    sha256, so a sidecar left from an older build cannot pass for this engine's."""
+    atomic_write_bytes(output, engine)
+    atomic_write_text(sidecar_path(output), json.dumps(sidecar, indent=2) + "\n")
+
+
+def build_engine_command(onnx: Path, output: Path, options: BuildOptions, which: str) -> None:
+    gpu = trt_build.probe_gpu()
+    flavour = trt_build.detect_flavour(which, gpu)
+    side = build_engine(Path(onnx), Path(output), options, flavour, gpu)
+    where = side["gpu"] or f"no GPU here: {side['gpu_reason']}"
+    console.print(
+        f"[green]wrote[/] {output} ({side['engine_bytes'] / 2**20:.1f} MiB, "
+        f"{side['precision']}, {flavour.label}, {where}) in {side['build_seconds']:.1f} s "
+        f"and {sidecar_path(output)}"
+    )
+    if side["onnx_conversion"]:
+        kept = side["onnx_conversion"]["kept_fp32"]
+        console.print(f"made the typed FP16 graph first (kept in FP32: {kept})")
+    if side["calibration"]:
+        console.print(f"calibration: {side['calibration']}")
+    console.print(
+        "note: an engine runs only with the same TensorRT version and GPU model "
+        f"({flavour.label}, {side['gpu'] or 'RTX GPUs'}); the runtime checks the sidecar"
+    )

@@ -1,0 +1,295 @@
+"""FP32 ONNX -> typed FP16 ONNX with float32 inputs and outputs (onnx and numpy only).
+
+TensorRT 11 and TensorRT-RTX build strongly typed networks: the ONNX itself must say
+which tensors are FP16. This converter casts weights and activations to FP16 and
+keeps chosen groups of nodes in FP32, with a Cast at every boundary:
+
+- ``norm``: LayerNormalization, InstanceNormalization (GroupNorm), GroupNormalization,
+  BatchNormalization: their mean/variance accumulate many squares.
+- ``softmax``: Softmax and the mask addition feeding it (the scores meet -1e4 there).
+- ``reduce``: ReduceSum/Mean/L2/SumSquare/LogSumExp: long accumulations.
+- ``tail``: everything after the last Conv/MatMul/Gemm on the way to a graph output,
+  and everything computed from it (the cosine distance 1 - cos(r, t) whose
+  |r|^2 |t|^2 overflows FP16, and the `--with-map` aggregation).
+
+onnxconverter-common 1.16's converter (on PyPI) was tried first; on these graphs it
+leaves `Cast(to=FLOAT)` nodes of shape arithmetic in FP16 regions and ONNX Runtime
+refuses the result with a type error, hence this small converter.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from edgeas.errors import ArtifactError, ConfigError, require
+
+GROUPS = ("norm", "softmax", "reduce", "tail")
+DEFAULT_KEEP = frozenset(GROUPS)
+NORM_OPS = {"LayerNormalization", "InstanceNormalization", "GroupNormalization",
+            "BatchNormalization"}
+REDUCE_OPS = {"ReduceSum", "ReduceMean", "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp"}
+HEAVY_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+# Inputs whose type the ONNX spec fixes independently of the node's data type.
+FIXED_INPUTS = {"Resize": {1, 2}}
+FP16_MAX = float(np.finfo(np.float16).max)
+
+
+def _onnx():
+    return require("onnx", "onnx", "export")
+
+
+def _types(model) -> dict[str, int]:
+    """Element type of every tensor, from ONNX type inference."""
+    onnx = _onnx()
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    g = inferred.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*g.input, *g.output, *g.value_info)}
+    types.update({t.name: t.data_type for t in g.initializer})
+    for node in g.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    types[node.output[0]] = a.t.data_type
+    return types
+
+
+def _kept_nodes(model, types: dict[str, int], keep: frozenset[str]) -> dict[int, str]:
+    """Index of each node to keep in FP32 -> the group that keeps it."""
+    f32 = _onnx().TensorProto.FLOAT
+    nodes = list(model.graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+    inits = {t.name for t in model.graph.initializer}
+    kept: dict[int, str] = {}
+    for i, n in enumerate(nodes):
+        if "norm" in keep and n.op_type in NORM_OPS:
+            kept[i] = "norm"
+        elif "reduce" in keep and n.op_type in REDUCE_OPS:
+            kept[i] = "reduce"
+        elif "softmax" in keep and n.op_type == "Softmax":
+            kept[i] = "softmax"
+            p = producer.get(n.input[0])
+            mask_add = p is not None and nodes[p].op_type == "Add"
+            if mask_add and any(x in inits for x in nodes[p].input):
+                kept[p] = "softmax"
+    if "tail" in keep:
+        tail: set[int] = set()
+        stack = [producer[o.name] for o in model.graph.output if o.name in producer]
+        while stack:  # backwards from the outputs, through float data, up to a heavy op
+            i = stack.pop()
+            if i in tail or nodes[i].op_type in HEAVY_OPS:
+                continue
+            tail.add(i)
+            stack += [producer[x] for x in nodes[i].input
+                      if x in producer and types.get(x) == f32]
+        consumers = defaultdict(list)
+        for i, n in enumerate(nodes):
+            for x in n.input:
+                consumers[x].append(i)
+        stack = list(tail)
+        while stack:  # forwards: whatever is computed from the tail is post-processing
+            i = stack.pop()
+            for o in nodes[i].output:
+                for c in consumers[o]:
+                    if c not in tail:
+                        tail.add(c)
+                        stack.append(c)
+        for i in tail:
+            kept.setdefault(i, "tail")
+    return kept
+
+
+def fp32_node_names(model, keep: frozenset[str] | set[str] = DEFAULT_KEEP) -> dict[str, str]:
+    """Name of each node `convert_to_fp16` keeps in FP32 -> the group that keeps it."""
+    nodes = list(model.graph.node)
+    kept = _kept_nodes(model, _types(model), frozenset(keep))
+    return {nodes[i].name: group for i, group in kept.items()}
+
+
+def _fp16_array(values: np.ndarray, name: str, stats: dict[str, Any]) -> np.ndarray:
+    big = np.isfinite(values) & (np.abs(values) > FP16_MAX)
+    if big.any():
+        stats["clamped_values"] += int(big.sum())
+        values = np.clip(values, -FP16_MAX, FP16_MAX)
+    return values.astype(np.float16)
+
+
+def convert_to_fp16(model, keep: frozenset[str] | set[str] = DEFAULT_KEEP):
+    """A new model: FP16 everywhere except the `keep` groups; I/O stay float32.
+
+    Returns (model, stats) with the count of FP16/FP32 nodes, kept nodes per group
+    and inserted Casts.
+    """
+    onnx = _onnx()
+    from onnx import TensorProto, helper, numpy_helper
+
+    keep = frozenset(keep)
+    unknown = keep - set(GROUPS)
+    if unknown:
+        raise ConfigError(f"unknown FP32 groups {sorted(unknown)}", hint=f"known: {GROUPS}")
+    f32, f16 = TensorProto.FLOAT, TensorProto.FLOAT16
+    src = model
+    if any(t.data_type == f16 for t in src.graph.initializer):
+        raise ConfigError("the model already holds FP16 weights; convert the FP32 model")
+    types = _types(src)
+    kept = _kept_nodes(src, types, keep)
+    graph = src.graph
+    nodes = list(graph.node)
+    missing = [o for n in nodes for o in n.output if o and o not in types]
+    if missing:
+        raise ArtifactError(f"ONNX type inference gives no type for {missing[0]}")
+
+    def is_float_node(n) -> bool:
+        return any(types.get(x) == f32 for x in (*n.input, *n.output) if x)
+
+    half = [is_float_node(n) and i not in kept for i, n in enumerate(nodes)]
+    new_type = {v.name: types[v.name] for v in graph.input}
+    for i, n in enumerate(nodes):
+        for o in n.output:
+            if o:
+                new_type[o] = f16 if half[i] and types[o] == f32 else types[o]
+    # Graph outputs produced in FP16 get a final Cast back to float32 under their name.
+    renamed = {o.name: f"{o.name}:fp16" for o in graph.output if new_type.get(o.name) == f16}
+    for new in renamed.values():
+        new_type[new] = f16
+
+    inits = {t.name: t for t in graph.initializer}
+    out_inits: dict[str, Any] = {}
+    used_inits: set[str] = set()
+    casts: dict[tuple[str, int], str] = {}
+    stats: dict[str, Any] = {"clamped_values": 0, "casts": 0}
+    out_nodes = []
+
+    def typed_input(name: str, want: int) -> str:
+        if name in inits:
+            if inits[name].data_type != f32 or want == f32:
+                used_inits.add(name)
+                return name
+            new = f"{name}:fp16"
+            if new not in out_inits:
+                arr = numpy_helper.to_array(inits[name])
+                out_inits[new] = numpy_helper.from_array(_fp16_array(arr, name, stats), new)
+            return new
+        if new_type.get(name) == want:
+            return name
+        key = (name, want)
+        if key not in casts:
+            casts[key] = f"{name}:to_{'fp16' if want == f16 else 'fp32'}"
+            out_nodes.append(helper.make_node("Cast", [name], [casts[key]], to=want,
+                                              name=f"{casts[key]}/Cast"))
+            stats["casts"] += 1
+        return casts[key]
+
+    for i, n in enumerate(nodes):
+        node = onnx.NodeProto()
+        node.CopyFrom(n)
+        for j, orig in enumerate(n.input):
+            if not orig:
+                continue
+            x = renamed.get(orig, orig)
+            node.input[j] = x
+            if types.get(orig) != f32:  # shapes, indices, masks: untouched
+                if x in inits:
+                    used_inits.add(x)
+                continue
+            if j in FIXED_INPUTS.get(n.op_type, ()):
+                want = f32
+            elif n.op_type == "Cast":  # takes any type: no Cast in front of a Cast
+                want = new_type.get(x, f32)
+            else:
+                want = f16 if half[i] else f32
+            node.input[j] = typed_input(x, want)
+        for k, o in enumerate(n.output):
+            node.output[k] = renamed.get(o, o)
+        if half[i]:
+            _retype_attributes(node, f16, stats)
+        out_nodes.append(node)
+    for old, new in renamed.items():
+        out_nodes.append(helper.make_node("Cast", [new], [old], to=f32, name=f"{old}/Cast"))
+        stats["casts"] += 1
+
+    new_graph = helper.make_graph(
+        out_nodes, graph.name, list(graph.input), list(graph.output),
+        [inits[n] for n in inits if n in used_inits] + list(out_inits.values()),
+    )
+    out = helper.make_model(new_graph, opset_imports=list(src.opset_import))
+    out.ir_version = src.ir_version
+    out.producer_name, out.producer_version = src.producer_name, src.producer_version
+    out.metadata_props.extend(src.metadata_props)
+    groups = defaultdict(int)
+    for g in kept.values():
+        groups[g] += 1
+    stats.update(
+        fp16_nodes=int(sum(half)),
+        fp32_nodes=int(sum(1 for i, n in enumerate(nodes) if is_float_node(n) and not half[i])),
+        kept_fp32={g: groups.get(g, 0) for g in sorted(keep)},
+        fp16_initializers=len(out_inits),
+    )
+    return out, stats
+
+
+def _retype_attributes(node, f16: int, stats: dict[str, Any]) -> None:
+    """Attributes that carry a float32 type or value inside an FP16 region."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    if node.op_type == "ConstantOfShape" and not any(a.name == "value" for a in node.attribute):
+        # without `value` the spec's default is a float32 zero
+        node.attribute.append(
+            helper.make_attribute("value", numpy_helper.from_array(np.zeros(1, np.float16)))
+        )
+    for a in node.attribute:
+        if node.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT:
+            a.i = f16
+        elif (node.op_type in ("Constant", "ConstantOfShape") and a.name == "value"
+              and a.t.data_type == TensorProto.FLOAT):
+            arr = numpy_helper.to_array(a.t)
+            a.t.CopyFrom(numpy_helper.from_array(_fp16_array(arr, node.name, stats), a.t.name))
+
+
+def emulate_fp16(model16):
+    """An FP32 twin of a typed FP16 model that rounds every FP16 tensor through FP16.
+
+    ONNX Runtime's CPU provider has no FP16 kernel for many ops; it runs chains of
+    them in FP32 and drops the Casts in between, which hides FP16 rounding and
+    overflow (|r|^2 |t|^2 of the cosine reaches ~7e6 > 65504 on the tiny preset and
+    still comes out finite). Here each FP16 tensor is followed by an explicit
+    Cast(FP16) -> Cast(FP32) pair, which ONNX Runtime keeps: FP16 storage with FP32
+    arithmetic inside each op, i.e. what TensorRT's FP16 kernels do.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    f32, f16 = TensorProto.FLOAT, TensorProto.FLOAT16
+    types = _types(model16)
+    g = model16.graph
+    inits = []
+    for t in g.initializer:
+        if t.data_type == f16:
+            inits.append(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32),
+                                                 t.name))
+        else:
+            inits.append(t)
+    nodes = []
+    for n in g.node:
+        node = type(n)()
+        node.CopyFrom(n)
+        for a in node.attribute:
+            if node.op_type == "Cast" and a.name == "to" and a.i == f16:
+                a.i = f32  # compute in FP32; the rounding pair below stores in FP16
+            elif a.name == "value" and a.t.data_type == f16:
+                a.t.CopyFrom(numpy_helper.from_array(
+                    numpy_helper.to_array(a.t).astype(np.float32), a.t.name))
+        rounded = []
+        for k, o in enumerate(node.output):
+            if o and types.get(o) == f16:
+                node.output[k] = f"{o}:unrounded"
+                rounded.append(o)
+        nodes.append(node)
+        for o in rounded:
+            nodes.append(helper.make_node("Cast", [f"{o}:unrounded"], [f"{o}:f16"], to=f16))
+            nodes.append(helper.make_node("Cast", [f"{o}:f16"], [o], to=f32))
+    graph = helper.make_graph(nodes, g.name, list(g.input), list(g.output), inits)
+    out = helper.make_model(graph, opset_imports=list(model16.opset_import))
+    out.ir_version = model16.ir_version
+    return out

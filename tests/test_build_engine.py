@@ -1,0 +1,403 @@
+"""`edgeas build-engine`: real builds with TensorRT-RTX on this CPU, the TensorRT 10/11
+call sequences against clearly named mocks, the import boundary, and the errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx_graphsurgeon")
+
+from test_build_engine_mocks import (  # noqa: E402
+    MockPycudaDriver,
+    MockTensorRT10,
+    MockTensorRT11,
+)
+
+from edgeas.artifacts import sha256_file, sidecar_path  # noqa: E402
+from edgeas.errors import ArtifactError, ConfigError, DependencyError  # noqa: E402
+from edgeas.export.engine import BuildOptions, build_engine, prepare_onnx  # noqa: E402
+from edgeas.export.onnx_graph import get_metadata, set_metadata  # noqa: E402
+from edgeas.export.trt_build import Flavour, GpuInfo, parse_onnx, probe_gpu  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _rtx():
+    try:
+        import tensorrt_rtx
+    except ImportError as exc:
+        pytest.skip(f"tensorrt_rtx cannot be imported ({exc}); pip install tensorrt-rtx")
+    return Flavour("tensorrt_rtx", tensorrt_rtx, tensorrt_rtx.__version__)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """The tiny preset (untrained) as dynamic-batch FP32 ONNX and its typed FP16 graph."""
+    from edgeas.export.command import random_init_model
+    from edgeas.export.fp16 import convert_to_fp16
+    from edgeas.export.onnx_export import export_model
+
+    folder = tmp_path_factory.mktemp("engine")
+    model, meta = random_init_model("tiny")
+    result = export_model(model, meta, batch=None, images=2)
+    fp32 = folder / "model.onnx"
+    fp32.write_bytes(result.model.SerializeToString())
+    typed, _ = convert_to_fp16(result.model)
+    set_metadata(typed, dict(result.meta, precision="fp16"))
+    fp16 = folder / "model.fp16.onnx"
+    fp16.write_bytes(typed.SerializeToString())
+    return {"fp32": fp32, "fp16": fp16, "meta": result.meta}
+
+
+SIDECAR_KEYS = {
+    "tensorrt_version", "tensorrt_flavour", "gpu", "compute_capability", "gpu_reason",
+    "onnx_sha256", "onnx_file", "precision", "inputs", "outputs", "build_options",
+    "calibration", "engine_sha256", "engine_bytes", "build_seconds", "built_at",
+}
+
+
+def _check_sidecar(engine: Path, onnx_path: Path, precision: str) -> dict:
+    side = json.loads(sidecar_path(engine).read_text())
+    assert set(side) >= SIDECAR_KEYS
+    meta = get_metadata(onnx.load(str(onnx_path)))
+    assert {k: side[k] for k in meta if k != "precision"} == {
+        k: v for k, v in meta.items() if k != "precision"
+    }
+    assert side["precision"] == precision
+    assert side["onnx_sha256"] == sha256_file(onnx_path)
+    assert side["engine_sha256"] == sha256_file(engine)
+    assert side["engine_bytes"] == engine.stat().st_size > 0
+    return side
+
+
+# --------------------------------------------------------------------------- TensorRT-RTX
+
+
+@pytest.mark.trt
+def test_rtx_builds_the_fp32_onnx_from_the_cli_with_torch_blocked(models, tmp_path):
+    rtx = _rtx()
+    engine = tmp_path / "model.engine"
+    script = (
+        "import sys; sys.modules['torch'] = None\n"  # any import of torch now fails
+        "from edgeas.cli import main\n"
+        f"sys.argv = ['edgeas', 'build-engine', '--onnx', {str(models['fp32'])!r}, '-o', "
+        f"{str(engine)!r}, '--tensorrt', 'tensorrt_rtx', '--optimization-level', '0', "
+        f"'--min-batch', '1', '--opt-batch', '2', '--max-batch', '4', "
+        f"'--timing-cache', {str(tmp_path / 'timing.cache')!r}]\n"
+        "main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    side = _check_sidecar(engine, models["fp32"], "fp32")
+    assert side["tensorrt_flavour"] == "tensorrt_rtx" and side["tensorrt_version"] == rtx.version
+    assert side["inputs"] == [{"name": "image", "dtype": "float32", "shape": [-1, 3, 224, 224]}]
+    assert [o["name"] for o in side["outputs"]] == [f"dist_res{i}" for i in range(1, 5)]
+    assert side["build_options"]["batch"] == {"min": 1, "opt": 2, "max": 4}
+    assert side["build_options"]["strongly_typed"] is True
+    if side["gpu"] is None:
+        assert side["gpu_reason"]
+    assert (tmp_path / "timing.cache").stat().st_size > 0
+    assert "wrote" in result.stderr and "TensorRT-RTX" in result.stderr
+
+
+@pytest.mark.trt
+def test_rtx_builds_the_typed_fp16_onnx(models, tmp_path):
+    flavour = _rtx()
+    engine = tmp_path / "model.fp16.engine"
+    side = build_engine(models["fp16"], engine, BuildOptions(optimization_level=0), flavour)
+    _check_sidecar(engine, models["fp16"], "fp16")
+    assert side["onnx_conversion"] is None and side["build_options"]["flags"] == []
+    assert side["build_options"]["batch"] == {"min": 1, "opt": 1, "max": 8}
+
+
+@pytest.mark.trt
+def test_rtx_parses_the_fp16_graph_made_from_the_fp32_onnx(models):
+    from edgeas.export.trt_build import make_logger, network_io
+
+    flavour = _rtx()
+    prepared = prepare_onnx(flavour, models["fp32"], models["meta"], "fp16")
+    assert prepared.precision == "fp16" and isinstance(prepared.source, bytes)
+    assert prepared.conversion["kept_fp32"]["tail"] > 0
+    parsed = parse_onnx(flavour, prepared.source, make_logger(flavour.trt), "converted")
+    io = network_io(flavour.trt, parsed.network)
+    assert {t["dtype"] for t in io["inputs"] + io["outputs"]} == {"float32"}
+
+
+@pytest.mark.trt
+def test_rtx_builds_a_qdq_int8_onnx(models, tmp_path):
+    """A Q/DQ model as TensorRT wants it (symmetric, per-channel weights, float biases),
+    made here with ONNX Runtime's quantizer, is taken as INT8 without a calibrator."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from edgeas.export import verify
+
+    flavour = _rtx()
+    images = verify.sample_images(models["meta"], 4)
+    feed = iter([{"image": images[i : i + 1]} for i in range(len(images))])
+    reader = type("Reader", (), {"get_next": lambda self: next(feed, None)})()
+    qdq = tmp_path / "model.int8.onnx"
+    quantize_static(
+        str(models["fp32"]), str(qdq), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+        # TensorRT-RTX refuses a quantized Pad constant ("only allowed before DQ"):
+        # quantize the layers that carry weights.
+        op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                       "QuantizeBias": False},
+    )
+    model = onnx.load(str(qdq))
+    set_metadata(model, dict(models["meta"], precision="int8"))
+    qdq.write_bytes(model.SerializeToString())
+    engine = tmp_path / "model.int8.engine"
+    side = build_engine(qdq, engine, BuildOptions(optimization_level=0), flavour)
+    _check_sidecar(engine, qdq, "int8")
+    assert side["calibration"]["method"] == "qdq"
+
+
+@pytest.mark.trt
+def test_rtx_parser_error_names_the_node(models, tmp_path):
+    flavour = _rtx()
+    f = onnx.TensorProto.FLOAT
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("NoSuchOp", ["image"], ["dist_res1"], name="/decoder/odd")],
+        "g", [onnx.helper.make_tensor_value_info("image", f, [1, 3, 8, 8])],
+        [onnx.helper.make_tensor_value_info("dist_res1", f, [1, 3, 8, 8])],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    set_metadata(model, models["meta"])
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(model.SerializeToString())
+    with pytest.raises(ArtifactError) as err:
+        build_engine(bad, tmp_path / "bad.engine", BuildOptions(), flavour)
+    assert "/decoder/odd" in str(err.value) and "cannot parse" in str(err.value)
+    assert not (tmp_path / "bad.engine").exists()
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_missing_tensorrt_is_one_dependency_error_naming_the_install(models, tmp_path):
+    script = (
+        "import sys\n"
+        "sys.modules['tensorrt'] = None; sys.modules['tensorrt_rtx'] = None\n"
+        "from edgeas.cli import main\n"
+        f"sys.argv = ['edgeas', 'build-engine', '--onnx', {str(models['fp32'])!r}, "
+        f"'-o', {str(tmp_path / 'm.engine')!r}]\n"
+        "main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300, cwd=REPO)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("error:") == 1 and "pip install tensorrt" in result.stderr
+
+
+def test_engine_builder_runs_with_torch_blocked(models, tmp_path):
+    """The whole build path (here on the TensorRT 10 mock, FP16 with FP32 pinning and
+    the INT8 calibrator module) with any import of torch failing."""
+    engine = tmp_path / "m.engine"
+    script = (
+        "import sys; sys.modules['torch'] = None\n"
+        f"sys.path.insert(0, {str(REPO / 'tests')!r})\n"
+        "from pathlib import Path\n"
+        "from test_build_engine_mocks import MockTensorRT10\n"
+        "from edgeas.export import engine, trt_build, trt_calibrator  # noqa\n"
+        "side = engine.build_engine(\n"
+        f"    Path({str(models['fp32'])!r}), Path({str(engine)!r}),\n"
+        "    engine.BuildOptions(precision='fp16'),\n"
+        "    trt_build.Flavour('tensorrt', MockTensorRT10(), '10.3.0'),\n"
+        "    trt_build.GpuInfo('mock', '8.7'))\n"
+        "assert side['build_options']['fp32_layers'] > 0\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['torch']"  # only the blocking sentinel
+    assert engine.read_bytes() == MockTensorRT10.ENGINE
+
+
+def test_standard_tensorrt_without_a_gpu_is_a_dependency_error(models, tmp_path):
+    flavour = Flavour("tensorrt", MockTensorRT10(), "10.3.0")
+    with pytest.raises(DependencyError, match="NVIDIA GPU"):
+        build_engine(models["fp32"], tmp_path / "m.engine", BuildOptions(), flavour,
+                     GpuInfo(None, None, "no CUDA driver"))
+
+
+def test_precision_requests_that_cannot_be_met_are_config_errors(models, tmp_path):
+    gpu = GpuInfo("mock GPU", "8.6")
+    t10 = Flavour("tensorrt", MockTensorRT10(), "10.3.0")
+    t11 = Flavour("tensorrt", MockTensorRT11(), "11.4.0")
+    cases = [
+        (t10, models["fp16"], BuildOptions(precision="fp32"), "cannot become"),
+        (t10, models["fp32"], BuildOptions(precision="int8"), "--calib-images"),
+        (t11, models["fp32"], BuildOptions(precision="int8"), "edgeas calibrate"),
+        (t10, models["fp32"], BuildOptions(precision="fp32", dla_core=0), "FP16 or INT8"),
+        (t11, models["fp32"], BuildOptions(precision="fp16", dla_core=0), "TensorRT 10"),
+        (t10, models["fp32"], BuildOptions(gpu_fallback=True), "--dla-core"),
+        (t10, models["fp32"], BuildOptions(min_batch=4, opt_batch=2), "min <= opt"),
+        (t10, models["fp32"], BuildOptions(precision="bf16"), "--precision bf16"),
+    ]
+    for flavour, onnx_path, options, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            build_engine(onnx_path, tmp_path / "m.engine", options, flavour, gpu)
+    assert not (tmp_path / "m.engine").exists()
+
+
+# --------------------------------------------------------------------------- mocks
+
+
+def test_mock_tensorrt10_fp16_uses_flags_pins_fp32_layers_and_writes_the_sidecar(models, tmp_path):
+    from edgeas.export.fp16 import fp32_node_names
+
+    trt = MockTensorRT10()
+    engine = tmp_path / "orin.engine"
+    options = BuildOptions(precision="fp16", workspace_gb=1, min_batch=1, opt_batch=2,
+                           max_batch=4, timing_cache=tmp_path / "t.cache", dla_core=1,
+                           gpu_fallback=True)
+    side = build_engine(models["fp32"], engine, options, Flavour("tensorrt", trt, "10.3.0"),
+                        GpuInfo("Orin (mock)", "8.7"))
+    assert trt.call_names() == [
+        "create_network", "parse_from_file", "create_builder_config", "set_memory_pool_limit",
+        "create_optimization_profile", "set_shape", "add_optimization_profile",
+        "set_flag", "set_flag", "set_flag", "create_timing_cache", "set_timing_cache",
+        "build_serialized_network", "serialize_timing_cache",
+    ]
+    assert trt.calls[0][1] == (0,)  # weakly typed: precision comes from the flags
+    assert trt.calls[3][1] == ("WORKSPACE", 2**30)
+    assert trt.calls[5][1][1:] == ((1, 3, 224, 224), (2, 3, 224, 224), (4, 3, 224, 224))
+    assert [c[1][0] for c in trt.calls if c[0] == "set_flag"] == [
+        "FP16", "PREFER_PRECISION_CONSTRAINTS", "GPU_FALLBACK"]
+    kept = set(fp32_node_names(onnx.load(str(models["fp32"]))))
+    assert trt.pinned and trt.pinned <= kept
+    assert side["build_options"]["fp32_layers"] == len(trt.pinned)
+    assert (trt.config.default_device_type, trt.config.DLA_core) == ("DLA", 1)
+    assert engine.read_bytes() == trt.ENGINE
+    assert (tmp_path / "t.cache").read_bytes() == trt.TIMING
+    assert side["tensorrt_flavour"] == "tensorrt" and side["tensorrt_version"] == "10.3.0"
+    assert (side["gpu"], side["compute_capability"]) == ("Orin (mock)", "8.7")
+    assert side["calibration"] is None and side["precision"] == "fp16"
+
+
+def test_mock_tensorrt11_fp16_is_strongly_typed_from_a_converted_graph(models, tmp_path):
+    trt = MockTensorRT11()
+    side = build_engine(models["fp32"], tmp_path / "m.engine", BuildOptions(precision="fp16"),
+                        Flavour("tensorrt", trt, "11.4.0"), GpuInfo("RTX (mock)", "8.9"))
+    assert trt.call_names()[:2] == ["create_network", "parse"]  # bytes of the typed graph
+    assert trt.calls[0][1] == (1 << trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED,)
+    assert "set_flag" not in trt.call_names()
+    assert trt.parsed_model_has_fp16
+    assert side["onnx_conversion"]["to"] == "fp16" and side["build_options"]["flags"] == []
+
+
+def _write_images(folder: Path, count: int, seed: int = 0) -> None:
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), rng.integers(0, 256, (64, 80, 3), np.uint8))
+
+
+def test_mock_tensorrt10_int8_calibrates_on_normal_images_and_reuses_only_a_matching_cache(
+    models, tmp_path, monkeypatch
+):
+    from edgeas.export.trt_calibrator import list_images
+    from edgeas.preprocess import Recipe, preprocess_bgr
+
+    cuda = MockPycudaDriver()
+    monkeypatch.setitem(sys.modules, "pycuda", cuda.package)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
+    images = tmp_path / "good"
+    _write_images(images, 36)
+    options = BuildOptions(precision="int8", calib_images=images, calib_batch=8)
+    flavour, gpu = Flavour("tensorrt", MockTensorRT10(), "10.3.0"), GpuInfo("mock", "8.7")
+    engine = tmp_path / "m.engine"
+
+    side = build_engine(models["fp32"], engine, options, flavour, gpu)
+    trt = flavour.trt
+    assert trt.batches_seen == 4 and trt.config.calibration_shape == (8, 3, 224, 224)
+    assert side["calibration"]["images"] == 32 and side["calibration"]["method"] == "entropy2"
+    assert side["calibration"]["cache_reused"] is False
+    assert [c[1][0] for c in trt.calls if c[0] == "set_flag"] == ["FP16", "INT8"]
+    recipe = Recipe.from_metadata(models["meta"])
+    import cv2
+
+    first = np.stack([preprocess_bgr(cv2.imread(str(p)), recipe)
+                      for p in list_images(images)[:8]])
+    assert np.array_equal(cuda.uploads[0], first) and cuda.freed and cuda.popped
+
+    again = build_engine(models["fp32"], engine, options,
+                         Flavour("tensorrt", MockTensorRT10(), "10.3.0"), gpu)
+    assert again["calibration"]["cache_reused"] is True
+    assert again["calibration"]["file_list_sha256"] == side["calibration"]["file_list_sha256"]
+
+    _write_images(images, 1, seed=1)  # 000.png changes: the old cache must not be reused
+    changed = MockTensorRT10()
+    third = build_engine(models["fp32"], engine, options,
+                         Flavour("tensorrt", changed, "10.3.0"), gpu)
+    assert third["calibration"]["cache_reused"] is False and changed.batches_seen == 4
+
+
+# --------------------------------------------------------------------------- real GPU
+
+
+def _tensorrt_and_gpu():
+    try:
+        import tensorrt
+    except (ImportError, OSError) as exc:
+        pytest.skip(f"needs NVIDIA TensorRT (pip install tensorrt) and a GPU: {exc}")
+    gpu = probe_gpu()
+    if gpu.name is None:
+        pytest.skip(f"needs an NVIDIA GPU: {gpu.reason}")
+    return Flavour("tensorrt", tensorrt, tensorrt.__version__), gpu
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_standard_tensorrt_builds_and_deserialises_on_a_gpu(models, tmp_path, precision):
+    flavour, gpu = _tensorrt_and_gpu()
+    engine = tmp_path / f"{precision}.engine"
+    side = build_engine(models["fp32"], engine, BuildOptions(precision=precision), flavour, gpu)
+    assert side["gpu"] == gpu.name and side["compute_capability"] == gpu.compute_capability
+    trt = flavour.trt
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    cuda_engine = runtime.deserialize_cuda_engine(engine.read_bytes())
+    names = [cuda_engine.get_tensor_name(i) for i in range(cuda_engine.num_io_tensors)]
+    assert names[0] == "image" and names[1:5] == [f"dist_res{i}" for i in range(1, 5)]
+
+
+def test_auto_prefers_tensorrt_rtx_without_a_gpu_and_names_what_is_missing():
+    from edgeas.export.trt_build import detect_flavour
+
+    try:
+        import tensorrt_rtx  # noqa: F401
+    except ImportError:
+        pytest.skip("tensorrt_rtx cannot be imported")
+    assert detect_flavour("auto", GpuInfo(None, None, "none")).name == "tensorrt_rtx"
+    with pytest.raises(ConfigError, match="--tensorrt trt"):
+        detect_flavour("trt")
+    try:
+        import tensorrt  # noqa: F401
+    except (ImportError, OSError):
+        with pytest.raises(DependencyError, match="tensorrt: "):
+            detect_flavour("tensorrt")
+
+
+def test_probe_gpu_reports_a_device_or_why_there_is_none():
+    gpu = probe_gpu()
+    if gpu.name is None:
+        assert gpu.compute_capability is None and gpu.reason
+    else:
+        major, minor = gpu.compute_capability.split(".")
+        assert int(major) >= 5 and minor.isdigit()
