@@ -49,6 +49,24 @@ def synth(
     synth_command(out, classes, per_class, seed, size)
 
 
+@app.command("synth-clip")
+def synth_clip(
+    data: Path = typer.Argument(..., help="Data set root (CLASS/test/KIND/ images)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Video to write (.mp4 or .avi)."),
+    fps: float = typer.Option(5.0, help="Frames per second."),
+    hold: int = typer.Option(2, help="Frames each image is shown."),
+    seed: int = typer.Option(0, help="Order of the images."),
+    limit: int | None = typer.Option(None, help="At most this many images."),
+) -> None:
+    """Make a line-camera video of a data set's test images, with OUT.json naming the defects."""
+    from edgeas.train.clip import write_clip
+
+    doc = write_clip(data, output, fps, hold, seed, limit)
+    bad = sum(f["defect"] for f in doc["frames"])
+    print(f"{output}: {len(doc['frames'])} frames, {bad} with a defect "
+          f"(list: {output.with_suffix('.json')})")
+
+
 @app.command()
 def train(
     config: str = typer.Option(..., "--config", "-c", help="Preset name or YAML file."),
@@ -219,6 +237,77 @@ def doctor(
     from edgeas.doctor import doctor_command
 
     raise typer.Exit(doctor_command(for_, as_json, config, events_dir))
+
+
+@app.command()
+def stream(
+    source: str | None = typer.Argument(
+        None, help="v4l2:///dev/video0, csi://0, rtsp://host/path, file://clip.mp4 or a folder."
+    ),
+    model: str | None = typer.Option(None, "--model", "-m", help="MODEL.onnx or MODEL.engine."),
+    config: Path | None = typer.Option(None, "--config", help="Station file (station.yaml)."),
+    camera: int | None = typer.Option(None, "--camera", help="USB/V4L2 camera N."),
+    video: str | None = typer.Option(None, "--video", help="Video file (no frame dropped)."),
+    rtsp: str | None = typer.Option(None, "--rtsp", help="RTSP URL."),
+    csi: int | None = typer.Option(None, "--csi", help="Jetson CSI camera N (GStreamer)."),
+    images: str | None = typer.Option(None, "--images", help="Folder of images."),
+    threshold: float | None = typer.Option(
+        None, help="Decision threshold (default: the model's fitted one)."
+    ),
+    min_area: int | None = typer.Option(
+        None, "--min-area", help="Smallest NG region in frame pixels (default: the model's)."
+    ),
+    aggregation: str | None = typer.Option(
+        None, help="fused | reference (default: the model's metadata)."
+    ),
+    serve: str | None = typer.Option(
+        None, help="Live page at HOST:PORT (a bare PORT binds 127.0.0.1)."
+    ),
+    show: bool = typer.Option(False, "--show", help="OpenCV window (GUI builds only)."),
+    record: str | None = typer.Option(None, "--record", help="Write the annotated video here."),
+    events: str | None = typer.Option(None, "--events", help="Folder for NG events."),
+    events_budget_mb: float | None = typer.Option(
+        None, "--events-budget-mb", help="Disk budget of the events folder (default 1024)."
+    ),
+    max_frames: int | None = typer.Option(None, "--max-frames", help="Stop after N frames."),
+    batch: int | None = typer.Option(None, help="Frames per inference (file sources)."),
+    device: str = typer.Option("auto", help="auto | cpu | gpu."),
+    summary_json: Path | None = typer.Option(
+        None, "--summary-json", help="Also write the end-of-run summary as JSON."
+    ),
+) -> None:
+    """Run the inspection station: frames -> model -> OK/NG, events, live page, recording."""
+    from edgeas.runtime.command import stream_command
+
+    flags = {
+        "source": source, "model": model, "camera": camera, "video": video, "rtsp": rtsp,
+        "csi": csi, "images": images, "threshold": threshold, "min_area": min_area,
+        "aggregation": aggregation, "serve": serve, "show": show or None, "record": record,
+        "events_dir": events, "events_budget_mb": events_budget_mb, "max_frames": max_frames,
+        "batch": batch,
+    }
+    stream_command(config, flags, summary_json, device)
+
+
+@app.command()
+def bench(
+    model: Path = typer.Argument(..., help="MODEL.onnx or MODEL.engine."),
+    frames: int = typer.Option(100, help="Frames to time (after a short warm-up)."),
+    batch: int = typer.Option(1, help="Images per inference."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the results as JSON."),
+    video: str | None = typer.Option(
+        None, "--video", help="Stream this video in the pipeline part (default: in-memory frames)."
+    ),
+    frame_size: str | None = typer.Option(
+        None, "--frame-size", help="WIDTHxHEIGHT of the in-memory frames (default 640x480)."
+    ),
+    threshold: float | None = typer.Option(None, help="Threshold (timing only)."),
+    device: str = typer.Option("auto", help="auto | cpu | gpu."),
+) -> None:
+    """Latency p50/p99 and FPS of the backend alone and of the pipeline per stage."""
+    from edgeas.runtime.bench import bench_command
+
+    bench_command(model, frames, batch, json_out, video, frame_size, threshold, device)
 
 
 def main() -> None:

@@ -1,11 +1,39 @@
-"""edgeas.runtime: the inspection station side (maps -> anomaly map -> decision).
+"""edgeas.runtime: the inspection station side (frames -> maps -> decision -> sinks).
 
-Importing this package needs only numpy and OpenCV: engines and ONNX Runtime
-are imported lazily by the modules that run them, never here.
+Importing this package needs only numpy, OpenCV and PyYAML: ONNX Runtime, TensorRT
+and pycuda are imported lazily by the functions that run them, never here, and torch
+never (a test imports the package with all four blocked).
 """
 
 from __future__ import annotations
 
-from edgeas.aggregate import aggregate, decide, image_score, remove_small_regions
+from edgeas.aggregate import aggregate, decide, image_score, naive_aggregate, remove_small_regions
+from edgeas.runtime.backends import Backend, OnnxRuntimeBackend, open_backend
+from edgeas.runtime.events import EventLog, EventWriter
+from edgeas.runtime.pipeline import Pipeline, Settings, Sinks, resolve_settings
+from edgeas.runtime.preprocess import Preprocessor
+from edgeas.runtime.sources import SourceSpec, open_source, parse_source
+from edgeas.runtime.station import StreamOptions, load_station
 
-__all__ = ["aggregate", "decide", "image_score", "remove_small_regions"]
+__all__ = [
+    "Backend",
+    "EventLog",
+    "EventWriter",
+    "OnnxRuntimeBackend",
+    "Pipeline",
+    "Preprocessor",
+    "Settings",
+    "Sinks",
+    "SourceSpec",
+    "StreamOptions",
+    "aggregate",
+    "decide",
+    "image_score",
+    "load_station",
+    "naive_aggregate",
+    "open_backend",
+    "open_source",
+    "parse_source",
+    "remove_small_regions",
+    "resolve_settings",
+]

@@ -40,6 +40,11 @@ def test_synth_train_eval_beats_untrained(tmp_path):
     assert set(result["mean"]) == set(metric_names(with_deploy=True))
     for name in ("pr_curves.png", "pap_dsc.png", "examples.png"):
         assert (out / name).stat().st_size > 10_000
+    # the runtime's fused aggregation is measured against the reference on the same maps
+    check = json.loads((out / "aggregation.json").read_text())
+    assert check["pixel_ap_reference"] == pytest.approx(result["mean"]["pixel_ap"])
+    assert 0 < check["pixel_ap_fused"] <= 1
+    print(f"fused - reference pAP: {check['fused_minus_reference_points']:+.2f} points")
 
     stored = load_checkpoint(run / "last.pt")
     torch.manual_seed(0)

@@ -25,6 +25,7 @@ class Predictions:
     classes: list[str]
     images: list[str]  # file paths
     threshold_maps: np.ndarray | None = None  # maps in the threshold's mode, when it differs
+    fused_maps: np.ndarray | None = None  # the runtime's fast path, to measure what it costs
 
 
 def predict_test_set(model, meta: dict[str, Any], data: Path, batch: int = 8) -> Predictions:
@@ -54,11 +55,12 @@ def predict_test_set(model, meta: dict[str, Any], data: Path, batch: int = 8) ->
     size = tuple(recipe.input_size)
     maps = aggregate_maps(levels, size, "reference")
     mode = (meta.get("threshold") or {}).get("mode", "reference")
-    threshold_maps = aggregate_maps(levels, size, mode) if mode != "reference" else None
+    fused = aggregate_maps(levels, size, "fused")
+    threshold_maps = fused if mode == "fused" else None
     masks = np.stack([dataset[i][1].numpy() for i in range(len(dataset))]).astype(np.uint8)
     return Predictions(
         maps, masks, [s.cls for s in index.test], [str(s.path) for s in index.test],
-        threshold_maps,
+        threshold_maps, fused,
     )
 
 
@@ -80,6 +82,19 @@ def compute_metrics(pred: Predictions, threshold: float | None) -> dict[str, dic
             values.append(metrics["dsc_deploy"])
     result["mean"]["dsc_deploy"] = float(np.nanmean(values)) if values else float("nan")
     return result
+
+
+def aggregation_check(pred: Predictions) -> dict[str, float]:
+    """pAP of the runtime's fused aggregation against the reference one (protocol 3: a gap
+    above 0.5 points makes `reference` the runtime default)."""
+    from edgeas.metrics import evaluate
+
+    if pred.fused_maps is None:
+        return {}
+    ref = evaluate(pred.maps, pred.masks, pred.classes)["mean"]["pixel_ap"]
+    fused = evaluate(pred.fused_maps, pred.masks, pred.classes)["mean"]["pixel_ap"]
+    return {"pixel_ap_reference": ref, "pixel_ap_fused": fused,
+            "fused_minus_reference_points": 100 * (fused - ref)}
 
 
 def print_table(result: dict[str, dict[str, float]], title: str) -> None:
@@ -108,6 +123,14 @@ def eval_command(checkpoint: Path, data: Path, out: Path | None, batch: int = 8)
     out = Path(out) if out else Path(checkpoint).parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, allow_nan=True))
+    check = aggregation_check(pred)
+    if check:
+        atomic_write_text(out / "aggregation.json", json.dumps(check, indent=2, allow_nan=True))
+        console.print(
+            f"aggregation: pAP reference {100 * check['pixel_ap_reference']:.2f}, fused "
+            f"{100 * check['pixel_ap_fused']:.2f} ({check['fused_minus_reference_points']:+.2f} "
+            "points)"
+        )
     from edgeas.train.report import write_figures
 
     figures = write_figures(pred, result, threshold, out)

@@ -1,0 +1,205 @@
+"""Pipeline FPS against backend-only FPS on CPU (ONNX Runtime), per preset.
+
+    python benchmarks/runtime_bench.py [--presets unias-lite,tiny] [--frames 60] [--rounds 3]
+        [--sizes 224x224,1280x720] [--work DIR] [--out benchmarks/results]
+
+Models: `edgeas export --config PRESET --random-init` (random weights cost the same
+as trained ones). Frames: a real video file written with OpenCV from the built-in data
+set (`make_dataset`), at the data set's 224x224 and, for a camera-like frame, scaled
+to the other --sizes. For each preset, every round measures in turn (order alternating
+between rounds, same process, same ONNX Runtime session):
+
+- backend: `backend.infer` on one ready batch, `--frames` times (the upper bound);
+- pipeline/<mode>: the real `Pipeline` (reader, infer and post threads) streaming the
+  video with rendering on and no sinks, aggregation `reference` (the presets'
+  metadata mode) and `fused`.
+
+The ratio pipeline / backend is computed within each round and the median over rounds
+is reported, with the 1-minute load average before and after (the machine is shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edgeas.fileio import atomic_write_text
+from edgeas.runtime.backends import open_backend
+from edgeas.runtime.bench import bench_backend, bench_pipeline, machine_info
+from edgeas.runtime.pipeline import resolve_settings
+from edgeas.runtime.sources import open_source, parse_source
+
+THRESHOLD = 0.5  # random-init models have none; decisions do not change the timing
+WARMUP = 3
+
+
+def export(preset: str, work: Path) -> Path:
+    out = work / f"{preset}.onnx"
+    if not out.is_file():
+        subprocess.run([sys.executable, "-m", "edgeas", "export", "--config", preset,
+                        "--random-init", "-o", str(out)], check=True, capture_output=True)
+    return out
+
+
+def make_video(work: Path, frames: int, size: tuple[int, int]) -> Path:
+    """Test images of two classes of the built-in set, cycled to `frames`, as an mp4."""
+    from edgeas.train.synth import make_dataset
+
+    data = work / "data"
+    if not data.is_dir():
+        make_dataset(data, classes="tissue,coffee", per_class=8, seed=0)
+    images = sorted(data.glob("*/test/*/*.png"))
+    h, w = size
+    path = work / f"line_{w}x{h}_{frames}.mp4"
+    if not path.is_file():
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (w, h))
+        for i in range(frames):
+            img = cv2.imread(str(images[i % len(images)]))
+            writer.write(img if img.shape[:2] == (h, w) else cv2.resize(img, (w, h)))
+        writer.release()
+    return path
+
+
+def one_preset(preset: str, work: Path, frames: int, rounds: int,
+               sizes: list[tuple[int, int]]) -> dict:
+    model = export(preset, work)
+    backend = open_backend(model, "cpu")
+    videos = {s: make_video(work, frames + 2 * WARMUP, s) for s in sizes}
+    tasks = ["backend"] + [f"pipeline/{mode}/{w}x{h}" for (h, w) in sizes
+                           for mode in ("reference", "fused")]
+    runs: dict[str, list[dict]] = {t: [] for t in tasks}
+    loads = [os.getloadavg()[0]]
+    bench_backend(backend, WARMUP, 1)
+    for r in range(rounds):
+        for task in tasks if r % 2 == 0 else tasks[::-1]:
+            if task == "backend":
+                runs[task].append(bench_backend(backend, frames, 1, warmup=1))
+                continue
+            _, mode, size = task.split("/")
+            w, h = (int(v) for v in size.split("x"))
+            settings = resolve_settings(backend.metadata, THRESHOLD, None, mode)
+            source = open_source(parse_source(video=str(videos[(h, w)])))
+            # the pipeline's first frames warm its buffers; then `frames` are timed
+            bench_pipeline(backend, settings, source, WARMUP, 1)
+            runs[task].append(bench_pipeline(backend, settings, source, frames, 1))
+            source.close()
+        loads.append(os.getloadavg()[0])
+    desc = backend.describe()
+    backend.close()
+    result = {"model": str(model), **desc, "rounds": rounds, "frames": frames,
+              "load_1m_per_round": [round(v, 2) for v in loads], "tasks": {}}
+    backend_fps = [x["fps"] for x in runs["backend"]]
+    for task in tasks:
+        fps = [x["fps"] for x in runs[task]]
+        entry = {"fps_median": statistics.median(fps), "fps_rounds": [round(v, 2) for v in fps]}
+        if task != "backend":
+            ratios = [p / b for p, b in zip(fps, backend_fps)]
+            entry["ratio_median"] = statistics.median(ratios)
+            entry["ratio_rounds"] = [round(v, 3) for v in ratios]
+            stages = runs[task][len(runs[task]) // 2]["stages"]
+            entry["stages_p50_ms"] = {k: round(v["p50_ms"], 2) for k, v in stages.items() if v}
+            entry["stages_p99_ms"] = {k: round(v["p99_ms"], 2) for k, v in stages.items() if v}
+        else:
+            lat = [x["latency_per_batch"]["p50_ms"] for x in runs[task]]
+            entry["latency_p50_ms_median"] = statistics.median(lat)
+        result["tasks"][task] = entry
+    return result
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        "# Runtime benchmark: pipeline FPS vs backend-only FPS (CPU, ONNX Runtime)",
+        "",
+        f"{report['frames']} frames per measurement, {report['rounds']} interleaved rounds, "
+        f"median over rounds; ratios are taken within each round. {m.get('cpu', '?')}, "
+        f"{m['cpus']} CPUs, Python {m['python']}, onnxruntime {report['onnxruntime']}, "
+        f"OpenCV {report['opencv']}. The machine is shared: 1-minute load average "
+        f"{report['load_1m'][0]:.2f} before, {report['load_1m'][1]:.2f} after. "
+        "Generated by `benchmarks/runtime_bench.py`; random-init models from "
+        "`edgeas export --random-init`, frames from the built-in data set.",
+        "",
+        "| preset | measurement | FPS (median) | pipeline / backend | per-round ratios | "
+        "p50 ms capture / preprocess / infer / aggregate / render / latency |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, res in report["presets"].items():
+        for task, e in res["tasks"].items():
+            if task == "backend":
+                lines.append(f"| {name} | backend only (input {res['input_size'][0]}) | "
+                             f"{e['fps_median']:.1f} | - | - | infer "
+                             f"{e['latency_p50_ms_median']:.1f} |")
+                continue
+            s = e["stages_p50_ms"]
+            cols = " / ".join(f"{s.get(k, 0):.1f}" for k in
+                              ("capture", "preprocess", "infer", "aggregate", "render", "latency"))
+            _, mode, size = task.split("/")
+            lines.append(f"| {name} | pipeline, {mode}, frames {size} | {e['fps_median']:.1f} | "
+                         f"**{e['ratio_median']:.2f}** | {e['ratio_rounds']} | {cols} |")
+    lines += [
+        "",
+        "Target: pipeline >= 0.9 x backend for `unias-lite`. The pipeline overlaps capture",
+        "and preprocessing (reader thread) and aggregation, decision and rendering (post",
+        "thread) with inference; ONNX Runtime releases the GIL while it runs. On 2 cores",
+        "inference already uses both, so whatever the other stages cost in CPU time comes",
+        "out of inference: the ratio approaches 1 as inference dominates (unias-lite) and",
+        "stays lower for `tiny`, whose inference is only a few times the rest.",
+        "`infer` in the pipeline rows is slower than backend-only for the same reason.",
+        "At 1280x720 the frame-size stages (decoding, aggregation and rendering at the",
+        "frame's size: about 5 ms of one core per frame when timed alone) take a large",
+        "share of the CPU from `tiny`'s ~13 ms inference; their p50 in the table is",
+        "inflated by waiting for a core that ONNX Runtime's threads hold. With a heavier",
+        "model (unias-lite) the same work disappears behind inference.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", default="unias-lite,tiny")
+    parser.add_argument("--frames", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sizes", default="224x224,1280x720",
+                        help="frame sizes WIDTHxHEIGHT, comma-separated")
+    parser.add_argument("--work", type=Path, default=None, help="keep models and videos here")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = parser.parse_args()
+    sizes = []
+    for text in args.sizes.split(","):
+        w, h = (int(v) for v in text.lower().split("x"))
+        sizes.append((h, w))
+    import onnxruntime
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="edgeas-runtime-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    presets = {p: one_preset(p, work, args.frames, args.rounds, sizes)
+               for p in args.presets.split(",")}
+    report = {
+        "frames": args.frames, "rounds": args.rounds, "presets": presets,
+        "onnxruntime": onnxruntime.__version__, "opencv": cv2.__version__, "numpy": np.__version__,
+        "machine": dict(machine_info(), platform=platform.platform()),
+        "load_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "runtime.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(args.out / "runtime.md", markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()

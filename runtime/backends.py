@@ -1,0 +1,207 @@
+"""Inference backends behind one small interface, chosen by the model file's suffix.
+
+    backend = open_backend("model.onnx")    # ONNX Runtime (CPU; CUDA/TensorRT EPs if present)
+    backend = open_backend("model.engine")  # TensorRT + pycuda (tensorrt_backend.py)
+    maps = backend.infer(batch)  # float32 (N, 3, H, W) -> 4 x (N, h_i, w_i), res1 first
+
+Metadata (preprocessing, levels, thresholds) always comes from the file itself:
+`metadata_props["edgeas"]` of the ONNX model or the engine's `model.engine.json`.
+ONNX Runtime and TensorRT are imported inside the functions that need them, so that
+`import edgeas.runtime` works on an image that has neither (or no torch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeas.artifacts import ENGINE_SUFFIXES, read_engine_metadata, read_onnx_metadata
+from edgeas.errors import ArtifactError, ConfigError, require
+from edgeas.preprocess import Recipe
+
+# Preferred first; the first available one runs each node it supports.
+ORT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class Backend:
+    """What the pipeline needs from an inference engine.
+
+    Subclasses set `metadata`, `output_names` (res1 first), `batch` (a fixed batch
+    size, or None when the model takes any) and `device`/`precision` for reports.
+    """
+
+    name = "backend"
+    metadata: dict[str, Any]
+    output_names: list[str]
+    batch: int | None = 1
+    device = "cpu"
+    precision = "fp32"
+
+    @property
+    def recipe(self) -> Recipe:
+        return Recipe.from_metadata(self.metadata)
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return self.recipe.input_size
+
+    def check_batch(self, batch: np.ndarray) -> np.ndarray:
+        h, w = self.input_hw
+        if batch.ndim != 4 or batch.shape[1:] != (3, h, w) or batch.dtype != np.float32:
+            raise ConfigError(
+                f"{self.name}: input batch has shape {batch.shape} {batch.dtype}; "
+                f"expected float32 (N, 3, {h}, {w})"
+            )
+        return np.ascontiguousarray(batch)
+
+    def pad(self, batch: np.ndarray) -> tuple[np.ndarray, int]:
+        """A fixed-batch model gets its batch size; missing images repeat the last one."""
+        n = batch.shape[0]
+        if self.batch is None or n == self.batch:
+            return batch, n
+        if n > self.batch:
+            raise ConfigError(
+                f"{self.name}: {n} images in one batch, but the model takes {self.batch}",
+                hint="export with --dynamic-batch (or --batch N) for larger batches",
+            )
+        filler = np.repeat(batch[-1:], self.batch - n, axis=0)
+        return np.concatenate([batch, filler]), n
+
+    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        """float32 (N, 3, H, W) -> one float32 (N, h_i, w_i) array per level, res1 first."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        h, w = self.input_hw
+        return {
+            "backend": self.name,
+            "device": self.device,
+            "precision": self.precision,
+            "input_size": [h, w],
+            "batch": self.batch,
+            "preset": self.metadata.get("preset"),
+        }
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to free
+        pass
+
+
+def level_outputs(meta: dict[str, Any], source: str) -> list[str]:
+    """The per-level output names of the metadata, res1 (finest) first."""
+    try:
+        names = [str(level["output"]) for level in meta["levels"]]
+    except (KeyError, TypeError) as exc:
+        raise ArtifactError(f"{source}: metadata 'levels' lacks output names ({exc!r})") from exc
+    if not names:
+        raise ArtifactError(f"{source}: metadata lists no levels")
+    return names
+
+
+def _squeeze_level(out: np.ndarray, name: str, source: str) -> np.ndarray:
+    """(N, 1, h, w) -> (N, h, w): the exported graphs keep a channel axis of one."""
+    a = np.asarray(out, dtype=np.float32)
+    if a.ndim == 4 and a.shape[1] == 1:
+        return a[:, 0]
+    if a.ndim == 3:
+        return a
+    raise ArtifactError(f"{source}: output {name} has shape {a.shape}; expected (N, 1, h, w)")
+
+
+class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime; CPU unless `providers` names others (or "auto": the best present)."""
+
+    def __init__(self, path: str | Path, providers: str | list[str] = "cpu",
+                 threads: int | None = None) -> None:
+        ort = require("onnxruntime", "onnxruntime", "runtime")
+        self.path = Path(path)
+        self.metadata = read_onnx_metadata(self.path)
+        self.output_names = level_outputs(self.metadata, str(self.path))
+        available = ort.get_available_providers()
+        if providers == "cpu":
+            chosen = ["CPUExecutionProvider"]
+        elif providers == "auto":
+            chosen = [p for p in ORT_PROVIDERS if p in available]
+        else:
+            missing = [p for p in providers if p not in available]
+            if missing:
+                raise ConfigError(
+                    f"ONNX Runtime here lacks {', '.join(missing)} (has {', '.join(available)})"
+                )
+            chosen = list(providers)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=chosen)
+        except Exception as exc:  # ORT raises its own exception types for bad graphs
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ArtifactError(f"{self.path}: ONNX Runtime cannot load it ({first})") from exc
+        self._check_io()
+        active = self.session.get_providers()
+        self.device = "cuda" if active[0] != "CPUExecutionProvider" else "cpu"
+        self.name = f"onnxruntime {ort.__version__} ({active[0]})"
+        self.precision = str(self.metadata.get("precision", "fp32"))
+
+    def _check_io(self) -> None:
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ArtifactError(f"{self.path}: expected one input, found {len(inputs)}")
+        self.input_name = inputs[0].name
+        dim0 = inputs[0].shape[0]
+        self.batch = dim0 if isinstance(dim0, int) and dim0 > 0 else None
+        have = {o.name for o in self.session.get_outputs()}
+        missing = [n for n in self.output_names if n not in have]
+        if missing:
+            raise ArtifactError(
+                f"{self.path}: the metadata names outputs {', '.join(missing)} that the graph "
+                f"lacks (it has {', '.join(sorted(have))})",
+                hint="re-export the model with `edgeas export`",
+            )
+        shape = [d if isinstance(d, int) else -1 for d in inputs[0].shape[2:]]
+        if len(shape) == 2 and -1 not in shape and tuple(shape) != self.input_hw:
+            raise ArtifactError(
+                f"{self.path}: graph input is {shape[0]}x{shape[1]} but the metadata says "
+                f"{self.input_hw[0]}x{self.input_hw[1]}"
+            )
+
+    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        batch, n = self.pad(self.check_batch(batch))
+        outs = self.session.run(self.output_names, {self.input_name: batch})
+        return [_squeeze_level(o, name, str(self.path))[:n]
+                for o, name in zip(outs, self.output_names)]
+
+
+def open_backend(path: str | Path, device: str = "auto") -> Backend:
+    """The backend for a model file: `.onnx` -> ONNX Runtime, `.engine`/`.plan`/`.trt` ->
+    TensorRT. `device`: "auto" (ONNX Runtime: CPU, or CUDA/TensorRT providers when
+    present), "cpu" or "gpu"."""
+    path = Path(path)
+    if device not in ("auto", "cpu", "gpu"):
+        raise ConfigError(f"device '{device}' is not one of auto, cpu, gpu")
+    if not path.is_file():
+        raise ConfigError(f"model file not found: {path}",
+                          hint="pass --model MODEL.onnx or MODEL.engine (or `model:` in the "
+                          "station file)")
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        providers = "cpu" if device == "cpu" else "auto"
+        backend = OnnxRuntimeBackend(path, providers)
+        if device == "gpu" and backend.device != "cuda":
+            raise ConfigError(f"{path}: no GPU execution provider in this ONNX Runtime",
+                              hint="install onnxruntime-gpu, or build an engine")
+        return backend
+    if suffix in ENGINE_SUFFIXES:
+        if device == "cpu":
+            raise ConfigError(f"{path}: a TensorRT engine runs only on a GPU",
+                              hint="stream the .onnx model on a CPU")
+        read_engine_metadata(path)  # a missing sidecar is reported before TensorRT loads
+        from edgeas.runtime.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(path)
+    raise ConfigError(
+        f"{path}: unknown model format '{suffix or path.name}'",
+        hint="use an ONNX model (.onnx) from `edgeas export` or an engine (.engine) from "
+        "`edgeas build-engine`",
+    )

@@ -1,0 +1,130 @@
+"""`edgeas stream`: wire a model, a source and the sinks into a Pipeline, run it, report."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from edgeas.errors import ConfigError
+from edgeas.fileio import atomic_write_text
+from edgeas.runtime.backends import open_backend
+from edgeas.runtime.events import EventLog, EventWriter
+from edgeas.runtime.pipeline import Pipeline, Sinks, describe_summary, resolve_settings
+from edgeas.runtime.sources import open_source, parse_source
+from edgeas.runtime.station import StreamOptions, load_station
+
+console = Console(stderr=True, soft_wrap=True)
+
+
+def setup_logging() -> None:
+    """Warnings of the stream (reconnects, skipped frames) on stderr with a time stamp."""
+    logger = logging.getLogger("edgeas.stream")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def build_options(config: Path | None, flags: dict[str, Any]) -> StreamOptions:
+    """The station file (if any) overridden by the command-line flags that were given."""
+    base = load_station(config) if config is not None else StreamOptions()
+    shorthands = {k: flags.pop(k, None) for k in ("camera", "video", "rtsp", "csi", "images")}
+    if any(v is not None for v in shorthands.values()) or flags.get("source") is not None:
+        flags["source"] = parse_source(flags.pop("source", None), **shorthands).uri
+    options = base.merged(**flags)
+    if options.model is None:
+        raise ConfigError("no model: pass --model MODEL.onnx|MODEL.engine or set `model:` in "
+                          "the station file", hint="edgeas export writes an ONNX model")
+    if options.source is None:
+        raise ConfigError("no source: pass a SOURCE URI, --video/--camera/--rtsp/--csi/--images, "
+                          "or set `source:` in the station file",
+                          hint="e.g. edgeas stream --model model.onnx file://clip.mp4")
+    return options
+
+
+def run_stream(options: StreamOptions, device: str = "auto") -> dict[str, Any]:
+    """Run a stream to its end; returns the summary (also used by tests and the bench)."""
+    backend = open_backend(options.model, device)
+    try:
+        settings = resolve_settings(backend.metadata, options.threshold, options.min_area,
+                                    options.aggregation, str(options.model))
+        source = open_source(parse_source(options.source))
+        try:
+            return _run(backend, source, settings, options)
+        finally:
+            source.close()
+    finally:
+        backend.close()
+
+
+def _run(backend, source, settings, options: StreamOptions) -> dict[str, Any]:
+    sinks = Sinks(window=options.show)
+    with contextlib.ExitStack() as stack:
+        if options.serve is not None:
+            from edgeas.runtime.server import LiveServer, parse_address
+
+            sinks.server = LiveServer(*parse_address(options.serve))
+            stack.callback(sinks.server.close)
+            console.print(f"live view: {sinks.server.url}")
+        if options.record is not None:
+            from edgeas.runtime.sinks import Recorder
+
+            sinks.recorder = Recorder(options.record, source.fps)
+            recorder = sinks.recorder
+        if options.events_dir is not None:
+            log = EventLog(options.events_dir, options.events_budget_mb, source.spec.uri)
+            sinks.events = EventWriter(log)
+            stack.callback(sinks.events.close)
+        pipeline = Pipeline(backend, source, settings, sinks, options.max_frames, options.batch,
+                            model_label=Path(options.model).name)
+        console.print(
+            f"streaming {source.spec.uri} through {Path(options.model).name} "
+            f"({backend.name}, {backend.device}); threshold {settings.threshold:.5g} "
+            f"({settings.threshold_origin}), min_area {settings.min_area}, "
+            f"{settings.mode} aggregation"
+        )
+        try:
+            summary = pipeline.run()
+        except BaseException:
+            if sinks.recorder is not None:
+                recorder.abort()
+            raise
+        if sinks.recorder is not None:
+            recorder.close()
+            summary["recording"] = {"path": str(options.record), "frames": recorder.frames}
+    # the ExitStack has drained the event queue: the counts below are final
+    if sinks.events is not None:
+        ev = sinks.events.events
+        summary["events"] = {"dir": str(ev.dir), "written": ev.written, "deleted": ev.deleted,
+                             "failed": ev.failed, "bytes": ev.total_bytes}
+    return summary
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    console.print(describe_summary(summary))
+    if "events" in summary:
+        ev = summary["events"]
+        console.print(f"events: {ev['written']} written to {ev['dir']}/events.jsonl"
+                      + (f", {ev['deleted']} oldest deleted (budget)" if ev["deleted"] else "")
+                      + (f", {ev['failed']} FAILED" if ev["failed"] else ""))
+    if "recording" in summary:
+        rec = summary["recording"]
+        console.print(f"recording: {rec['path']} ({rec['frames']} frames)")
+
+
+def stream_command(config: Path | None, flags: dict[str, Any], summary_json: Path | None,
+                   device: str = "auto") -> None:
+    setup_logging()
+    options = build_options(config, dict(flags))
+    summary = run_stream(options, device)
+    print_summary(summary)
+    if summary_json is not None:
+        atomic_write_text(summary_json, json.dumps(summary, indent=2, default=str) + "\n")

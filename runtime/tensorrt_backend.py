@@ -1,0 +1,200 @@
+"""TensorRT engines through `tensorrt` (or `tensorrt_rtx`) and pycuda.
+
+One deserialised engine, one execution context, page-locked host buffers, one CUDA
+stream; inputs and outputs bound by tensor name; `execute_async_v3`. An engine only
+runs with the TensorRT version and the GPU model it was built for, so the sidecar
+`model.engine.json` is checked against this machine before TensorRT sees the plan.
+
+Needs a GPU: on a machine without one this module imports (TensorRT and pycuda are
+imported inside `TensorRTBackend.__init__`), `check_engine_compat` runs, and opening
+an engine is a DependencyError that says why.
+"""
+
+from __future__ import annotations
+
+import importlib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeas.artifacts import read_engine_metadata, sidecar_path
+from edgeas.errors import ArtifactError, DependencyError, StreamError, require
+from edgeas.runtime.backends import Backend, level_outputs
+
+PYCUDA_HINT = "on the GPU machine: pip install pycuda (needs the CUDA toolkit and driver)"
+TRT_HINT = (
+    "install the TensorRT the engine was built with (JetPack's on Jetson, in a venv made "
+    "with --system-site-packages), or stream the .onnx model with ONNX Runtime"
+)
+
+
+def check_engine_compat(
+    sidecar: dict[str, Any], path: str, trt_version: str, gpu: str | None, cc: str | None
+) -> None:
+    """Refuse an engine built by another TensorRT version or for another GPU model.
+
+    `trt_version`, `gpu`, `cc`: this machine's TensorRT version, GPU name and compute
+    capability. A sidecar without a GPU name (TensorRT-RTX builds on a CPU) is checked
+    by compute capability when it records one.
+    """
+    built = str(sidecar.get("tensorrt_version") or "")
+    if not built:
+        raise ArtifactError(f"{path}: the sidecar records no tensorrt_version",
+                            hint="rebuild the engine with `edgeas build-engine`")
+    label = "TensorRT-RTX" if sidecar.get("tensorrt_flavour") == "tensorrt_rtx" else "TensorRT"
+    if built != trt_version:
+        raise ArtifactError(
+            f"{path} was built with {label} {built}; this machine has {label} {trt_version}",
+            hint="engines only run on the TensorRT version that built them: rebuild it here "
+            "with `edgeas build-engine --onnx MODEL.onnx -o MODEL.engine`",
+        )
+    want_gpu, want_cc = sidecar.get("gpu"), sidecar.get("compute_capability")
+    if want_gpu and gpu and want_gpu != gpu:
+        raise ArtifactError(
+            f"{path} was built for the GPU '{want_gpu}'; this machine has '{gpu}'",
+            hint="engines are specific to a GPU model: rebuild it on this device with "
+            "`edgeas build-engine`",
+        )
+    if want_cc and cc and str(want_cc) != str(cc):
+        raise ArtifactError(
+            f"{path} was built for compute capability {want_cc}; this GPU has {cc}",
+            hint="rebuild the engine on this device with `edgeas build-engine`",
+        )
+
+
+def _import_tensorrt(flavour: str):
+    name = "tensorrt_rtx" if flavour == "tensorrt_rtx" else "tensorrt"
+    try:
+        return importlib.import_module(name)
+    except (ImportError, OSError) as exc:  # OSError: a library of the wheel is missing
+        raise DependencyError(f"cannot import {name} to run the engine ({exc})",
+                              hint=TRT_HINT) from exc
+
+
+def _init_cuda():
+    """pycuda's driver module and the primary context of device 0 (shared with TensorRT)."""
+    cuda = require("pycuda.driver", "pycuda")
+    try:
+        cuda.init()
+        device = cuda.Device(0)
+    except Exception as exc:  # pycuda raises cuda.Error / LogicError subclasses
+        raise DependencyError(f"no usable CUDA device ({exc})", hint=PYCUDA_HINT) from exc
+    return cuda, device, device.retain_primary_context()
+
+
+class TensorRTBackend(Backend):
+    """A serialised TensorRT engine with its sidecar; one execution context."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.metadata = read_engine_metadata(self.path)
+        self.output_names = level_outputs(self.metadata, str(sidecar_path(self.path)))
+        self.trt = _import_tensorrt(str(self.metadata.get("tensorrt_flavour", "tensorrt")))
+        # the version first: a foreign engine is named as such even where CUDA is missing
+        check_engine_compat(self.metadata, str(self.path), str(self.trt.__version__), None, None)
+        self.cuda, device, self.context_cuda = _init_cuda()
+        major, minor = device.compute_capability()
+        check_engine_compat(self.metadata, str(self.path), str(self.trt.__version__),
+                            device.name(), f"{major}.{minor}")
+        self.device = f"cuda:0 ({device.name()})"
+        self.precision = str(self.metadata.get("precision", "fp32"))
+        self.name = f"TensorRT {self.trt.__version__}"
+        self._aggregator = None
+        with self.active():
+            self._load()
+
+    @contextmanager
+    def active(self):
+        """The CUDA context current on the calling thread (the pipeline calls from several)."""
+        self.context_cuda.push()
+        try:
+            yield
+        finally:
+            self.cuda.Context.pop()
+
+    def _load(self) -> None:
+        trt, cuda = self.trt, self.cuda
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            raise ArtifactError(f"{self.path}: TensorRT could not deserialize the engine",
+                                hint="rebuild it on this machine with `edgeas build-engine`")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        if len(inputs) != 1:
+            raise ArtifactError(f"{self.path}: expected one input tensor, found {inputs}")
+        missing = [n for n in self.output_names if n not in names]
+        if missing:
+            raise ArtifactError(f"{self.path}: the engine lacks outputs {', '.join(missing)}")
+        self.input_name = inputs[0]
+        shape = tuple(self.engine.get_tensor_shape(self.input_name))
+        if shape[0] == -1:  # dynamic batch: buffers for the profile's maximum
+            self.batch = None
+            self.max_batch = int(self.engine.get_tensor_profile_shape(self.input_name, 0)[2][0])
+        else:
+            self.batch = self.max_batch = int(shape[0])
+        h, w = self.input_hw
+        if tuple(shape[2:]) != (h, w):
+            raise ArtifactError(f"{self.path}: engine input {shape} does not match the "
+                                f"sidecar's input_size {h}x{w}")
+        self.stream = cuda.Stream()
+        self.context.set_input_shape(self.input_name, (self.max_batch, 3, h, w))
+        self.host: dict[str, np.ndarray] = {}
+        self.dev: dict[str, Any] = {}
+        for name in [self.input_name, *self.output_names]:
+            dims = tuple(self.context.get_tensor_shape(name))
+            dtype = trt.nptype(self.engine.get_tensor_dtype(name))
+            if np.dtype(dtype) != np.float32:
+                raise ArtifactError(f"{self.path}: tensor {name} is {np.dtype(dtype)}; the "
+                                    "runtime expects float32 I/O (typed engines keep it)")
+            self.host[name] = cuda.pagelocked_empty(dims, np.float32)
+            self.dev[name] = cuda.mem_alloc(self.host[name].nbytes)
+            self.context.set_tensor_address(name, int(self.dev[name]))
+
+    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        batch = self.check_batch(batch)
+        if self.batch is not None:
+            batch, n = self.pad(batch)
+        else:
+            n = batch.shape[0]
+            if n > self.max_batch:
+                raise StreamError(f"{self.path}: batch {n} exceeds the engine's maximum "
+                                  f"{self.max_batch}")
+        cuda = self.cuda
+        with self.active():
+            if self.batch is None:
+                self.context.set_input_shape(self.input_name, batch.shape)
+            host_in = self.host[self.input_name][: batch.shape[0]]
+            np.copyto(host_in, batch)
+            cuda.memcpy_htod_async(self.dev[self.input_name], host_in, self.stream)
+            if not self.context.execute_async_v3(stream_handle=self.stream.handle):
+                raise StreamError(f"{self.path}: TensorRT execute_async_v3 failed")
+            outs = []
+            for name in self.output_names:
+                host = self.host[name][: batch.shape[0]]
+                cuda.memcpy_dtoh_async(host, self.dev[name], self.stream)
+                outs.append(host)
+            self.stream.synchronize()
+        # copies: the page-locked buffers are overwritten by the next call while the
+        # pipeline's aggregation thread may still read these maps
+        return [np.array(o[:n, 0] if o.ndim == 4 else o[:n]) for o in outs]
+
+    def gpu_aggregator(self):
+        """The fused aggregation kernel on this GPU, or None where it cannot be compiled."""
+        if self._aggregator is None:
+            from edgeas.runtime.cuda_aggregate import CudaFusedAggregator
+
+            self._aggregator = CudaFusedAggregator(self.cuda, self.context_cuda)
+        return self._aggregator
+
+    def close(self) -> None:
+        with self.active():
+            for mem in self.dev.values():
+                mem.free()
+            self.dev.clear()
+            self.context = self.engine = self.runtime = None
+        self.context_cuda.detach()

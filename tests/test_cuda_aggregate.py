@@ -1,0 +1,148 @@
+"""The CUDA fused aggregation: its per-pixel arithmetic compiled for the host (g++, and
+nvcc for the __host__ __device__ branch) against the numpy/OpenCV path; the kernel
+compiled to PTX; the kernel itself on a GPU through pycuda where one exists."""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeas.aggregate import aggregate, aggregate_batch
+from edgeas.runtime.cuda_aggregate import HEADER_FILE, KERNEL_DIR, KERNEL_FILE, pack_levels
+
+SHIM = r"""
+#include "fused_aggregate.cuh"
+extern "C" void edgeas_fused_host(const float* data, const int* offsets, const int* hs,
+                                  const int* ws, int n_levels, int out_h, int out_w,
+                                  float tau, float* out_map, unsigned char* out_mask) {
+    for (int y = 0; y < out_h; ++y) {
+        for (int x = 0; x < out_w; ++x) {
+            float v = edgeas_fused_pixel(data, offsets, hs, ws, n_levels, out_h, out_w, x, y);
+            out_map[y * out_w + x] = v;
+            out_mask[y * out_w + x] = edgeas_mask(v, tau);
+        }
+    }
+}
+"""
+CASES = [((224, 224), 0), ((1080, 1920), 1), ((37, 53), 2), ((50, 64), 3), ((480, 640), 4)]
+
+
+def _compile(tmp: Path, compiler: str) -> ctypes.CDLL:
+    exe = shutil.which(compiler)
+    if exe is None:
+        pytest.skip(f"{compiler} not installed")
+    lib = tmp / f"fused_{compiler.replace('+', 'p')}.so"
+    if compiler == "nvcc":
+        src = tmp / "shim.cu"
+        cmd = [exe, "-O2", "-shared", "-Xcompiler", "-fPIC", f"-I{KERNEL_DIR}", str(src), "-o",
+               str(lib)]
+    else:
+        src = tmp / "shim.cpp"
+        cmd = [exe, "-O2", "-shared", "-fPIC", f"-I{KERNEL_DIR}", str(src), "-o", str(lib)]
+    src.write_text(SHIM)
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    return ctypes.CDLL(str(lib))
+
+
+@pytest.fixture(scope="module", params=["g++", "nvcc"])
+def host_lib(request, tmp_path_factory):
+    return _compile(tmp_path_factory.mktemp(f"cuda_{request.param}"), request.param)
+
+
+def _maps(seed: int, high: float = 1.0) -> list[np.ndarray]:
+    """Per-level maps like 1 - cos of a trained model: in [0, high), res1 = 112 px."""
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(0.0, high, (s, s + seed % 3)).astype(np.float32)
+            for s in (112, 56, 28, 14)]
+
+
+def _host_aggregate(lib: ctypes.CDLL, maps, out_hw, tau: float):
+    data, offsets, hs, ws = pack_levels(maps)
+    h, w = out_hw
+    out_map = np.empty((h, w), np.float32)
+    out_mask = np.empty((h, w), np.uint8)
+    ptr = np.ctypeslib.as_ctypes
+    lib.edgeas_fused_host(ptr(data), ptr(offsets), ptr(hs), ptr(ws), ctypes.c_int(len(hs)),
+                          ctypes.c_int(h), ctypes.c_int(w), ctypes.c_float(tau),
+                          ptr(out_map.reshape(-1)), ptr(out_mask.reshape(-1)))
+    return out_map, out_mask
+
+
+@pytest.mark.parametrize(("out_hw", "seed"), CASES)
+def test_host_compiled_cuda_arithmetic_matches_numpy_fused(host_lib, out_hw, seed):
+    maps = _maps(seed)
+    expected, _ = aggregate(maps, out_hw, None, "fused")  # the runtime's OpenCV path
+    torch_like = aggregate_batch([m[None] for m in maps], out_hw, "fused")[0]  # numpy, torch
+    tau = float(np.quantile(expected, 0.9))
+    got, mask = _host_aggregate(host_lib, maps, out_hw, tau)
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 1e-5
+    assert np.abs(got - torch_like).max() <= 1e-5
+    # the mask is exact wherever the map is not within rounding of the threshold
+    clear = np.abs(expected - tau) > 1e-5
+    assert np.array_equal(mask[clear], (expected >= np.float32(tau))[clear].astype(np.uint8))
+    assert 0.05 < mask.mean() < 0.15
+
+
+@pytest.mark.parametrize("high", [1.5, 2.0])
+def test_host_compiled_cuda_arithmetic_is_float_accurate_on_large_values(host_lib, high):
+    """Products of four levels up to 2 reach ~10: float rounding, not the sampling, is then
+    what differs (the OpenCV and numpy paths differ from each other by as much)."""
+    maps = _maps(7, high)
+    expected, _ = aggregate(maps, (1080, 1920), None, "fused")
+    got, _ = _host_aggregate(host_lib, maps, (1080, 1920), 1.0)
+    assert np.abs(got - expected).max() <= 1e-5 * float(expected.max())
+
+
+def test_kernel_compiles_to_ptx(tmp_path):
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not installed: the CUDA kernel cannot be compiled here")
+    ptx = tmp_path / "fused_aggregate.ptx"
+    run = subprocess.run([nvcc, "-ptx", f"-I{KERNEL_DIR}", str(KERNEL_FILE), "-o", str(ptx)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    text = ptx.read_text()
+    # extern "C": the unmangled name pycuda's get_function looks up
+    assert ".entry edgeas_fused_aggregate(" in text
+    assert HEADER_FILE.is_file()
+
+
+def _gpu_or_skip():
+    try:
+        import pycuda.driver as cuda
+    except ImportError as exc:
+        pytest.skip(f"pycuda is not installed ({exc}); it needs a CUDA driver and a GPU")
+    try:
+        cuda.init()
+        if cuda.Device.count() < 1:
+            pytest.skip("no CUDA device")
+    except cuda.Error as exc:
+        pytest.skip(f"no usable CUDA device ({exc})")
+    return cuda
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("out_hw", "seed"), CASES)
+def test_kernel_on_gpu_matches_numpy_fused(out_hw, seed):
+    cuda = _gpu_or_skip()
+    from edgeas.runtime.cuda_aggregate import CudaFusedAggregator
+
+    context = cuda.Device(0).retain_primary_context()
+    try:
+        agg = CudaFusedAggregator(cuda, context)
+        maps = _maps(seed)
+        expected, _ = aggregate(maps, out_hw, None, "fused")
+        tau = float(np.quantile(expected, 0.9))
+        got, mask = agg(maps, out_hw, tau)
+        assert np.abs(got - expected).max() <= 1e-5
+        clear = np.abs(expected - tau) > 1e-5
+        assert np.array_equal(mask[clear], (expected >= np.float32(tau))[clear].astype(np.uint8))
+    finally:
+        context.detach()

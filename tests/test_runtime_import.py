@@ -1,0 +1,65 @@
+"""The runtime imports on a bare station image: no torch, TensorRT, pycuda or ONNX Runtime."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from edgeas.errors import ArtifactError, DependencyError
+
+BLOCKED = ("torch", "torchvision", "tensorrt", "tensorrt_rtx", "pycuda", "onnxruntime")
+MODULES = ("backends", "bench", "command", "cuda_aggregate", "events", "pipeline", "preprocess",
+           "render", "server", "sinks", "sources", "station", "stats", "tensorrt_backend")
+
+
+def test_every_runtime_module_imports_with_the_heavy_packages_blocked():
+    code = textwrap.dedent(f"""
+        import sys
+        for name in {BLOCKED!r}:
+            sys.modules[name] = None  # any import of it raises ImportError
+        import edgeas.runtime
+        for mod in {MODULES!r}:
+            __import__("edgeas.runtime." + mod)
+        from edgeas.runtime import aggregate, open_backend, Preprocessor
+        loaded = [m for m in {BLOCKED!r} if sys.modules.get(m) is not None]
+        assert not loaded, loaded
+        sys.argv = ["edgeas", "stream", "--help"]
+        from edgeas.cli import main
+        main()
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "--serve" in run.stdout and "--max-frames" in run.stdout
+
+
+def test_an_engine_without_tensorrt_is_a_clear_error(tmp_path):
+    import json
+
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"not a real plan")
+    from edgeas.runtime.backends import open_backend
+
+    with pytest.raises(ArtifactError, match="sidecar"):
+        open_backend(engine)
+    meta = {
+        "schema": 1, "edgeas_version": "0.1.0", "preset": "tiny", "backbone": "b",
+        "input_size": [224, 224], "channel_order": "RGB", "interpolation": "linear",
+        "mean": [0.5] * 3, "std": [0.5] * 3,
+        "levels": [{"name": f"res{i}", "stride": 2**i, "output": f"dist_res{i}"}
+                   for i in range(1, 5)],
+        "aggregation": {"mode": "fused", "blur": None}, "threshold": {"value": 0.5},
+        "min_area": 0, "classes": [], "tensorrt_version": "10.3.0", "gpu": "Orin",
+    }
+    (tmp_path / "model.engine.json").write_text(json.dumps(meta))
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(DependencyError) as info:
+            open_backend(engine)
+        assert "tensorrt" in info.value.message and info.value.hint
+    else:  # pragma: no cover - a TensorRT machine
+        pytest.skip("TensorRT is installed here: covered by the gpu tests")
