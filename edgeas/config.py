@@ -48,7 +48,13 @@ class ModelConfig:
     neighbor_mask: bool = True
     channel_attention: bool = True
     query_ratio: int = 2  # learned queries = query_ratio x tokens
-    head: str = "conv3"  # conv3: upsample + three 3x3 convs (reference)
+    head: str = "conv3"  # conv3: upsample + three 3x3 convs (reference); deconv | upsample: edge
+    # Edge options (issue 7). Their defaults build the reference decoder, parameter for
+    # parameter. Widths of the pixel decoder at res1, res2, res3 ([] = conv_dim at every
+    # level, the reference): the finest levels dominate its cost (width^2 x pixels).
+    pixel_fine_dims: list[int] = field(default_factory=list)
+    # Depthwise-separable 3x3 convolutions in every MGG-CNN (4 level adaptors and SAR's).
+    mgg_depthwise: bool = False
     feature_blur_kernel: int = 3
     feature_blur_sigma: float = 1.0
     jitter_scale: float = 20.0
@@ -111,7 +117,7 @@ class EdgeasConfig:
 
 AUGMENTATIONS = ("hflip", "vflip", "rot90")
 THRESHOLD_POLICIES = {"max": 1.0, "quantile": 0.999, "sigma": 3.0}
-HEAD_TYPES = ("conv3",)
+HEAD_TYPES = ("conv3", "deconv", "upsample")
 AGGREGATION_MODES = ("reference", "fused")
 
 
@@ -296,6 +302,14 @@ def validate(cfg: EdgeasConfig, source: str) -> None:
         )
     if m.head not in HEAD_TYPES:
         raise ConfigError(f"{source}: model.head '{m.head}' is not one of {', '.join(HEAD_TYPES)}")
+    if m.pixel_fine_dims and (
+        len(m.pixel_fine_dims) != 3
+        or any(w < 1 or w % m.group_norm_groups for w in m.pixel_fine_dims)
+    ):
+        raise ConfigError(
+            f"{source}: model.pixel_fine_dims {m.pixel_fine_dims} must be [] or the widths of "
+            f"res1, res2, res3, each divisible by model.group_norm_groups {m.group_norm_groups}"
+        )
     if not 0 <= m.dropout < 1 or not 0 <= m.jitter_prob <= 1:
         raise ConfigError(f"{source}: model.dropout and model.jitter_prob must be in [0, 1)")
     t = cfg.train

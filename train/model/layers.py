@@ -86,17 +86,30 @@ def conv3x3(cin: int, cout: int, bias: bool = True) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, padding=1, bias=bias)
 
 
-class MGGCNN(nn.Module):
-    """Multi-granularity conv block: four branches of 1, 1, 2 and 3 convolutions, GELU'd, summed."""
+class SeparableConv3x3(nn.Sequential):
+    """Depthwise 3x3 (no bias) then pointwise 1x1 (with bias): 9*cin + cin*cout MACs per
+    pixel instead of 9*cin*cout, the same receptive field as the 3x3 it replaces."""
 
-    def __init__(self, cin: int, hidden: int, cout: int) -> None:
-        super().__init__()
-        self.conv0 = nn.Conv2d(cin, cout, 1)
-        self.conv1 = conv3x3(cin, cout)
-        self.conv2 = nn.Sequential(conv3x3(cin, hidden), conv3x3(hidden, cout))
-        self.conv3 = nn.Sequential(
-            conv3x3(cin, hidden), conv3x3(hidden, hidden), conv3x3(hidden, cout)
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False), nn.Conv2d(cin, cout, 1)
         )
+
+
+class MGGCNN(nn.Module):
+    """Multi-granularity conv block: four branches of 1, 1, 2 and 3 convolutions, GELU'd, summed.
+
+    `depthwise` swaps every 3x3 for a SeparableConv3x3 (edge option): the branches keep
+    their 1/3/5/7-cell receptive fields at about 1/7 of the cost at width 256.
+    """
+
+    def __init__(self, cin: int, hidden: int, cout: int, depthwise: bool = False) -> None:
+        super().__init__()
+        c3 = SeparableConv3x3 if depthwise else conv3x3
+        self.conv0 = nn.Conv2d(cin, cout, 1)
+        self.conv1 = c3(cin, cout)
+        self.conv2 = nn.Sequential(c3(cin, hidden), c3(hidden, cout))
+        self.conv3 = nn.Sequential(c3(cin, hidden), c3(hidden, hidden), c3(hidden, cout))
 
     def forward(self, x: Tensor) -> Tensor:
         return (

@@ -25,7 +25,10 @@ class PixelDecoder(nn.Module):
     """Coarse-to-fine FPN over decoder inputs res1..res4; returns P0 (res4) .. P3 (res1).
 
     `in_channels` are the decoder-input widths of res1..res4 (2C each: the blurred
-    feature and its high-pass residual).
+    feature and its high-pass residual). `fine_dims` (edge option) are the widths of
+    res1..res3; empty means conv_dim at every level (the reference). Where a level is
+    narrower than the one above it, `reduce_k` (1x1, no bias) maps the coarser output
+    to its width before the upsampling: the two commute, so it runs at the coarse size.
     """
 
     def __init__(
@@ -38,14 +41,19 @@ class PixelDecoder(nn.Module):
         layers: int,
         dropout: float,
         gn_groups: int,
+        fine_dims: list[int] | None = None,
     ) -> None:
         super().__init__()
+        self.dims = [*(fine_dims or [conv_dim] * 3), conv_dim]  # res1..res4
         # Lateral (adapter_k) and output (layer_k) convs of res1..res3, named like the reference.
         for k in (1, 2, 3):
+            w = self.dims[k - 1]
             self.add_module(
-                f"adapter_{k}", ConvNorm(in_channels[k - 1], conv_dim, 1, gn_groups, False, False)
+                f"adapter_{k}", ConvNorm(in_channels[k - 1], w, 1, gn_groups, False, False)
             )
-            self.add_module(f"layer_{k}", ConvNorm(conv_dim, conv_dim, 3, gn_groups, True, False))
+            self.add_module(f"layer_{k}", ConvNorm(w, w, 3, gn_groups, True, False))
+            if self.dims[k] != w:
+                self.add_module(f"reduce_{k}", nn.Conv2d(self.dims[k], w, 1, bias=False))
         self.input_proj = nn.Conv2d(in_channels[3], conv_dim, 1)
         self.transformer = _Transformer(
             _Encoder([EncoderLayer(conv_dim, heads, ffn_dim, dropout) for _ in range(layers)])
@@ -73,6 +81,9 @@ class PixelDecoder(nn.Module):
         outputs = [out]
         for k in (3, 2, 1):
             lateral = getattr(self, f"adapter_{k}")(inputs[k - 1])
+            reduce = getattr(self, f"reduce_{k}", None)
+            if reduce is not None:
+                out = reduce(out)
             up = F.interpolate(out, size=lateral.shape[-2:], mode="bilinear", align_corners=False)
             out = getattr(self, f"layer_{k}")(lateral + up)
             outputs.append(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from edgeas.config import ModelConfig
+from edgeas.train.model.heads import build_head
 from edgeas.train.model.layers import (
     MGGCNN,
     CrossAttnLayer,
@@ -95,18 +96,24 @@ class Predictor(nn.Module):
         grid: tuple[int, int],
         level_sizes: list[tuple[int, int]],
         out_channels: list[int],
+        pixel_dims: list[int] | None = None,
     ) -> None:
-        """`level_sizes` and `out_channels` are in processing order (res4 first)."""
+        """`level_sizes`, `out_channels` and `pixel_dims` (the pixel decoder's width per
+        level; default conv_dim everywhere) are in processing order (res4 first)."""
         super().__init__()
         d = cfg.hidden_dim
         tokens = grid[0] * grid[1]
         self.grid = grid
+        pixel_dims = pixel_dims or [conv_dim] * len(level_sizes)
         patches = [size[0] // grid[0] for size in level_sizes]
         # Level 0 keeps the pixel decoder's width; finer levels widen by half of D per step.
         embed_dims = [conv_dim] + [d + d * i // 2 for i in range(len(level_sizes) - 1)]
         self.patch_embed = nn.ModuleList(
             [nn.Identity()]
-            + [PatchEmbed(conv_dim, embed_dims[i], patches[i]) for i in range(1, len(patches))]
+            + [
+                PatchEmbed(pixel_dims[i], embed_dims[i], patches[i])
+                for i in range(1, len(patches))
+            ]
         )
         self.transformer_block = nn.ModuleList(
             SpatialChannelBlock(cfg, tokens, cfg.channel_attention) for _ in level_sizes
@@ -114,19 +121,16 @@ class Predictor(nn.Module):
         self.spatial_query_feat = nn.Embedding(cfg.query_ratio * tokens, d)
         self.spatial_query_embed = nn.Embedding(tokens, d)
         self.feature_projector = conv3x3(conv_dim, d)
-        self.query_processor = QueryProcessor(d, cfg.query_ratio)
+        self.query_processor = QueryProcessor(d, cfg.query_ratio, cfg.mgg_depthwise)
         self.level_embed_src = nn.Embedding(len(level_sizes), d)
         self.input_proj = nn.ModuleList(nn.Conv2d(e, d, 1) for e in embed_dims)
-        self.layer_adaptors = nn.ModuleList(MGGCNN(d, d, d) for _ in level_sizes)
+        self.layer_adaptors = nn.ModuleList(
+            MGGCNN(d, d, d, cfg.mgg_depthwise) for _ in level_sizes
+        )
         self.decoder_norm = nn.LayerNorm(d)
         self.out_agg = nn.ModuleList(
-            nn.Sequential(
-                nn.UpsamplingBilinear2d(size=tuple(size)),
-                conv3x3(d, cfg.mask_dim),
-                conv3x3(cfg.mask_dim, cfg.mask_dim),
-                conv3x3(cfg.mask_dim, cout),
-            )
-            for size, cout in zip(level_sizes, out_channels)
+            build_head(cfg.head, d, cfg.mask_dim, cout, size, patch)
+            for size, cout, patch in zip(level_sizes, out_channels, patches)
         )
         pos = sine_position_encoding(grid[0], grid[1], d).flatten(1).T[:, None, :]
         self.register_buffer("pos", pos, persistent=False)  # (N, 1, D)

@@ -51,12 +51,12 @@ class QueryProcessor(nn.Module):
     row-major, so the query groups interleave per channel.
     """
 
-    def __init__(self, dim: int, ratio: int) -> None:
+    def __init__(self, dim: int, ratio: int, depthwise: bool = False) -> None:
         super().__init__()
         self.ratio = ratio
         self.channel_weight = _ChannelWeight(dim)
         self.spatial_weight = _SpatialWeight()
-        self.adaptor = MGGCNN(ratio * dim, dim, dim)
+        self.adaptor = MGGCNN(ratio * dim, dim, dim, depthwise)
 
     def forward(self, g: Tensor, queries: Tensor, record: dict | None = None) -> Tensor:
         b, d, gh, gw = g.shape

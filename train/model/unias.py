@@ -64,9 +64,15 @@ class UniASDecoder(nn.Module):
             cfg.encoder_layers,
             cfg.dropout,
             cfg.group_norm_groups,
+            cfg.pixel_fine_dims,
         )
         self.predictor = Predictor(
-            cfg, cfg.conv_dim, grid, list(reversed(level_sizes)), list(reversed(channels))
+            cfg,
+            cfg.conv_dim,
+            grid,
+            list(reversed(level_sizes)),
+            list(reversed(channels)),
+            list(reversed(self.pixel_decoder.dims)),
         )
 
     def jitter(self, x: Tensor) -> Tensor:
