@@ -208,6 +208,45 @@ def build_engine(
 
 
 @app.command()
+def calibrate(
+    onnx: Path = typer.Option(..., "--onnx", help="FP32 ONNX model from `edgeas export`."),
+    images: Path = typer.Option(
+        ..., "--images", help="Normal images: a folder, or a data set root (every train/good)."
+    ),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="Q/DQ INT8 ONNX to write (model.int8.onnx); the .cpu.onnx, "
+        ".cache and .json files go beside it."
+    ),
+    num: int = typer.Option(256, "--num", help="At most this many images (1 in 8 held out)."),
+    method: str = typer.Option("entropy", "--method", help="entropy | percentile | minmax"),
+    eval_data: Path | None = typer.Option(
+        None, "--eval-data", help="MVTec-layout test set: pAP and DSC of FP32 vs INT8."
+    ),
+    allow_drop: bool = typer.Option(
+        False, "--allow-drop", help="Exit 0 even when the accuracy gate fails."
+    ),
+    max_pap_drop: float = typer.Option(
+        1.0, "--max-pap-drop", help="Largest pAP loss accepted, in points (with --eval-data)."
+    ),
+    min_cosine: float = typer.Option(
+        0.95, "--min-cosine",
+        help="Without --eval-data: least worst-image cosine of INT8 vs FP32 maps.",
+    ),
+    trt_version: str = typer.Option(
+        "10.3.0", "--trt-version", help="TensorRT version named in the .cache file's header."
+    ),
+) -> None:
+    """INT8 models calibrated on normal images, gated on their accuracy against FP32."""
+    from edgeas.calibration.command import CalibrateOptions, calibrate_command
+
+    options = CalibrateOptions(
+        num=num, method=method, eval_data=eval_data, allow_drop=allow_drop,
+        max_pap_drop=max_pap_drop, min_cosine=min_cosine, trt_version=trt_version,
+    )
+    calibrate_command(onnx, images, output, options)
+
+
+@app.command()
 def inspect(file: Path = typer.Argument(..., help="Checkpoint, ONNX model or engine.")) -> None:
     """Print the edgeas metadata of a checkpoint, ONNX model or engine."""
     import json

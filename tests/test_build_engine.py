@@ -133,37 +133,6 @@ def test_rtx_parses_the_fp16_graph_made_from_the_fp32_onnx(models):
 
 
 @pytest.mark.trt
-def test_rtx_builds_a_qdq_int8_onnx(models, tmp_path):
-    """A Q/DQ model as TensorRT wants it (symmetric, per-channel weights, float biases),
-    made here with ONNX Runtime's quantizer, is taken as INT8 without a calibrator."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-
-    from edgeas.export import verify
-
-    flavour = _rtx()
-    images = verify.sample_images(models["meta"], 4)
-    feed = iter([{"image": images[i : i + 1]} for i in range(len(images))])
-    reader = type("Reader", (), {"get_next": lambda self: next(feed, None)})()
-    qdq = tmp_path / "model.int8.onnx"
-    quantize_static(
-        str(models["fp32"]), str(qdq), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-        # TensorRT-RTX refuses a quantized Pad constant ("only allowed before DQ"):
-        # quantize the layers that carry weights.
-        op_types_to_quantize=["Conv", "MatMul", "Gemm"],
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                       "QuantizeBias": False},
-    )
-    model = onnx.load(str(qdq))
-    set_metadata(model, dict(models["meta"], precision="int8"))
-    qdq.write_bytes(model.SerializeToString())
-    engine = tmp_path / "model.int8.engine"
-    side = build_engine(qdq, engine, BuildOptions(optimization_level=0), flavour)
-    _check_sidecar(engine, qdq, "int8")
-    assert side["calibration"]["method"] == "qdq"
-
-
-@pytest.mark.trt
 def test_rtx_parser_error_names_the_node(models, tmp_path):
     flavour = _rtx()
     f = onnx.TensorProto.FLOAT

@@ -1,0 +1,235 @@
+"""`edgeas calibrate`: INT8 models from normal images, checked against FP32 before use.
+
+Writes, beside -o model.int8.onnx: model.int8.cpu.onnx (ONNX Runtime CPU), model.int8.cache
+(TensorRT 10's legacy calibration cache) and model.int8.json (what was done and how
+accurate it is). The models are written before the accuracy gate runs, so that a
+failed gate leaves them for inspection; the exit code says whether they passed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich import box
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from edgeas.calibration import evalset as ev
+from edgeas.calibration import gate as gt
+from edgeas.calibration import images as im
+from edgeas.calibration import quantize as qz
+from edgeas.calibration import ranges as rg
+from edgeas.calibration import trt_cache
+from edgeas.errors import ArtifactError, CalibrationError, ConfigError, require
+from edgeas.fileio import atomic_write_bytes, atomic_write_text
+from edgeas.preprocess import Recipe
+
+console = Console(stderr=True, soft_wrap=True)
+CHUNK = 8  # images per ONNX Runtime call (dynamic-batch graphs) and per gate step
+
+
+@dataclass
+class CalibrateOptions:
+    num: int = 256
+    method: str = "entropy"
+    eval_data: Path | None = None
+    allow_drop: bool = False
+    max_pap_drop: float = 1.0
+    min_cosine: float = 0.95
+    trt_version: str = trt_cache.DEFAULT_VERSION
+
+
+def output_paths(output: Path) -> dict[str, Path]:
+    """-o model.int8.onnx -> the four files it stands for."""
+    stem = output.name[: -len(".onnx")]
+    return {"qdq": output, "qoperator": output.with_name(f"{stem}.cpu.onnx"),
+            "cache": output.with_name(f"{stem}.cache"),
+            "report": output.with_name(f"{stem}.json")}
+
+
+def _check_args(onnx_path: Path, output: Path, opts: CalibrateOptions) -> None:
+    if not onnx_path.is_file():
+        raise ConfigError(f"--onnx {onnx_path}: file not found")
+    if output.suffix != ".onnx":
+        raise ConfigError(f"-o {output}: the output must be an .onnx file (model.int8.onnx)")
+    if output.resolve() == onnx_path.resolve():
+        raise ConfigError(f"-o {output} would overwrite the FP32 model")
+    if opts.method not in rg.METHODS:
+        raise ConfigError(f"--method {opts.method}: choose one of {', '.join(rg.METHODS)}")
+    if not 0.0 < opts.min_cosine <= 1.0:
+        raise ConfigError(f"--min-cosine {opts.min_cosine}: expected a value in (0, 1]")
+    if not opts.max_pap_drop >= 0.0:
+        raise ConfigError(f"--max-pap-drop {opts.max_pap_drop}: expected >= 0 (points)")
+    trt_cache.version_number(opts.trt_version)  # raises on a malformed version
+
+
+def _static_batch(model) -> int | None:
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
+
+
+def _batches(tensors: np.ndarray, batch: int | None) -> Iterator[np.ndarray]:
+    """Chunks for the calibration session; a static batch B takes whole batches only."""
+    step = batch or CHUNK
+    usable = len(tensors) // step * step if batch else len(tensors)
+    for s in range(0, usable, step):
+        yield tensors[s : s + step]
+
+
+def _session_factory(model_bytes: bytes):
+    from edgeas.export.verify import ort_session
+
+    return ort_session(model_bytes)
+
+
+def _load(paths: list[Path], recipe: Recipe) -> np.ndarray:
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("reading images", total=len(paths))
+        return im.load_tensors(paths, recipe, lambda n: bar.advance(task, n))
+
+
+def _calibrate(model, tensors: np.ndarray, method: str) -> rg.Ranges:
+    batch = _static_batch(model)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(f"collecting ranges ({method})", total=len(tensors))
+        return rg.collect(model, _batches(tensors, batch), method, _session_factory,
+                          lambda n: bar.advance(task, n))
+
+
+def _int8_meta(meta: dict[str, Any], fmt: str, record: dict[str, Any]) -> dict[str, Any]:
+    return dict(meta, precision="int8", calibration=record, quantization=qz.describe(fmt))
+
+
+def _gate(meta: dict[str, Any], model, written: dict[str, Any], held: np.ndarray,
+          opts: CalibrateOptions) -> gt.GateResult:
+    sessions = {fmt: _session_factory(written[fmt].SerializeToString()) for fmt in qz.FORMATS}
+    gate = gt.Gate(meta, _session_factory(model.SerializeToString()), sessions)
+    recipe = Recipe.from_metadata(meta)
+    test = ev.index_eval_set(opts.eval_data, meta.get("classes") or ()) if opts.eval_data else None
+    total = len(held) + (len(test) if test else 0)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("accuracy gate: FP32 vs INT8", total=total)
+        for s in range(0, len(held), CHUNK):
+            gate.add(held[s : s + CHUNK], "held_out")
+            bar.advance(task, len(held[s : s + CHUNK]))
+        if test is not None:
+            for s in range(0, len(test), CHUNK):
+                idx = list(range(s, min(len(test), s + CHUNK)))
+                images, masks = ev.load(test, idx, recipe)
+                gate.add(images, "eval", masks, [test.classes[i] for i in idx])
+                bar.advance(task, len(idx))
+    result = gate.result(opts.min_cosine, opts.max_pap_drop)
+    if test is not None:
+        result.report["eval_data"] = {"root": str(test.root), "images": len(test),
+                                      "classes": sorted(set(test.classes))}
+    return result
+
+
+def _print_table(report: dict[str, Any], meta: dict[str, Any], has_eval: bool) -> None:
+    levels = [lv["name"] for lv in meta["levels"]]
+    table = Table(title="INT8 vs FP32 under ONNX Runtime: worst per-image cosine"
+                  + ("; pAP and DSC (change in points)" if has_eval else ""),
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ["model", "images", *levels, "map"] + (["pAP", "DSC"] if has_eval else []):
+        table.add_column(col, justify="left" if col in ("model", "images") else "right",
+                         no_wrap=True)
+    for row in gt.table_rows(report, [lv["output"] for lv in meta["levels"]]):
+        table.add_row(*(row if has_eval else row[:-2]))
+    # piped output would be cut to 80 columns, too few for the cosines
+    Console(stderr=True, width=max(console.width, 110)).print(table)
+    if "fp32_metrics" in report:
+        fp = report["fp32_metrics"]
+        console.print(f"FP32 on --eval-data: pAP {100 * fp['pixel_ap']:.2f}, "
+                      f"DSC {100 * fp['dsc']:.2f}")
+
+
+def _failure_message(failures: list[str]) -> str:
+    # pAP losses first: they are what a station loses; at most two, the rest are in the report
+    ordered = sorted(failures, key=lambda f: "pAP" not in f)
+    more = f" (+{len(ordered) - 2} more)" if len(ordered) > 2 else ""
+    return "; ".join(ordered[:2]) + more
+
+
+def calibrate_command(onnx_path: Path, images: Path, output: Path,
+                      opts: CalibrateOptions) -> dict[str, Any]:
+    from edgeas.artifacts import read_onnx_metadata
+    from edgeas.export.onnx_graph import check, set_metadata
+
+    onnx_path, images, output = Path(onnx_path), Path(images), Path(output)
+    _check_args(onnx_path, output, opts)
+    onnx = require("onnx", "onnx", "export")
+    start = time.perf_counter()
+    meta = read_onnx_metadata(onnx_path)
+    if meta.get("precision", "fp32") != "fp32":
+        raise ConfigError(f"--onnx {onnx_path} is a {meta['precision']} model",
+                          hint="calibrate the FP32 model.onnx that `edgeas export` wrote")
+    recipe = Recipe.from_metadata(meta)
+    paths = im.list_images(images, opts.num, images_option="--images", num_option="--num")
+    if len(paths) < im.WARN_IMAGES:
+        console.print(f"[yellow]warning:[/] {len(paths)} calibration images; "
+                      f">= {im.WARN_IMAGES} are recommended")
+    tensors = _load(paths, recipe)
+    image_check = im.check_images(tensors, recipe, paths)
+    for warning in image_check.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    keep, hold = im.split_holdout(len(paths))
+    try:
+        model = onnx.load(str(onnx_path))
+    except Exception as exc:  # protobuf decode errors have no common base class
+        raise ArtifactError(f"{onnx_path}: not a readable ONNX model ({exc})") from exc
+    ranges = _calibrate(model, tensors[keep], opts.method)
+    used = [paths[i] for i in keep[: ranges.images]]
+    record = {"images": ranges.images, "file_list_sha256": im.file_list_sha256(used, images),
+              "method": opts.method, "held_out": len(hold), "source": str(images)}
+    files = output_paths(output)
+    written: dict[str, Any] = {}
+    for fmt in qz.FORMATS:
+        console.print(f"quantizing ({fmt}) ...")
+        int8 = qz.quantize(model, ranges, fmt)
+        set_metadata(int8, _int8_meta(meta, fmt, record))
+        if fmt == "qdq":
+            problems = qz.qdq_problems(int8)
+            if problems:  # a bug here, not the user's: TensorRT would refuse the file
+                raise CalibrationError(f"the Q/DQ model is not TensorRT-ready: {problems[0]}")
+            check(int8, "the Q/DQ INT8 model")
+        atomic_write_bytes(files[fmt], int8.SerializeToString())
+        written[fmt] = int8
+        console.print(f"[green]wrote[/] {files[fmt]}")
+    cache_text, skipped = trt_cache.render(ranges.amax, opts.trt_version)
+    atomic_write_text(files["cache"], cache_text)
+    console.print(f"[green]wrote[/] {files['cache']} ({trt_cache.header(opts.trt_version)})")
+
+    result = _gate(meta, model, written, tensors[hold], opts)
+    _print_table(result.report, meta, opts.eval_data is not None)
+    report = {
+        "onnx": str(onnx_path), "files": {k: str(v) for k, v in files.items()},
+        "calibration": record, "images": image_check.to_json(),
+        "ranges": {"tensors": len(ranges.amax), "method": opts.method},
+        "quantization": {fmt: qz.describe(fmt) for fmt in qz.FORMATS},
+        "trt_cache": {"header": trt_cache.header(opts.trt_version),
+                      "tensors": len(ranges.amax) - len(skipped), "left_out": skipped},
+        "gate": result.report, "allow_drop": opts.allow_drop,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    atomic_write_text(files["report"], json.dumps(report, indent=2, sort_keys=True))
+    console.print(f"[green]wrote[/] {files['report']}")
+    if not result.passed:
+        reason = _failure_message(result.failures)
+        if not opts.allow_drop:
+            raise CalibrationError(
+                f"INT8 accuracy gate failed: {reason}",
+                hint=f"the files are written for inspection ({files['report'].name}); calibrate "
+                "on more or more typical normal images, try --method percentile/minmax, or "
+                "accept the loss with --allow-drop",
+            )
+        console.print(f"[yellow]warning:[/] accuracy gate failed ({reason}); kept by --allow-drop")
+    console.print(f"next: edgeas build-engine --onnx {output} "
+                  f"-o {output.with_suffix('.engine')}")
+    return report

@@ -1,0 +1,143 @@
+"""The accuracy gate: every INT8 variant against the FP32 model, both run by ONNX Runtime.
+
+On the held-out normal images (never used for calibration) and, with --eval-data, on a
+test split: per-image cosine similarity of each per-level map and of the anomaly map
+(reference aggregation, at model resolution); on the test split also pAP, DSC and
+AUROCs via `edgeas.metrics.evaluate`, FP32 vs INT8. With a test split the gate fails
+when pAP drops by more than `max_pap_drop` points (what segmentation is judged on);
+without one, when the worst anomaly-map cosine is below `min_cosine`. Every number is
+reported either way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgeas.aggregate import aggregate_batch
+from edgeas.export.verify import cosine_per_image, run
+from edgeas.metrics import evaluate
+
+MAP = "anomaly_map"
+METRICS = ("pixel_ap", "dsc", "pixel_auroc", "image_auroc")
+SETS = ("held_out", "eval")
+
+
+@dataclass
+class GateResult:
+    report: dict[str, Any]
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+class Gate:
+    """Accumulates agreement per variant and image set, and maps for the metrics."""
+
+    def __init__(self, meta: dict[str, Any], fp32, variants: dict[str, Any]) -> None:
+        self.outputs = [lv["output"] for lv in meta["levels"]]
+        self.size = tuple(int(v) for v in meta["input_size"])
+        blur = (meta.get("aggregation") or {}).get("blur")
+        self.blur = [tuple(b) for b in blur] if blur else None
+        self.fp32, self.variants = fp32, variants
+        self.cos: dict[str, dict[str, dict[str, list[np.ndarray]]]] = {
+            v: {s: {} for s in SETS} for v in variants}
+        self.maps: dict[str, list[np.ndarray]] = {m: [] for m in ["fp32", *variants]}
+        self.masks: list[np.ndarray] = []
+        self.classes: list[str] = []
+
+    def _run(self, session, images: np.ndarray) -> dict[str, np.ndarray]:
+        out = run(session, images)
+        levels = [out[name][:, 0] for name in self.outputs]
+        out[MAP] = aggregate_batch(levels, self.size, "reference", self.blur)
+        return out
+
+    def add(self, images: np.ndarray, which: str, masks: np.ndarray | None = None,
+            classes: Sequence[str] = ()) -> None:
+        ref = self._run(self.fp32, images)
+        if masks is not None:
+            self.maps["fp32"].append(ref[MAP])
+            self.masks.append(masks)
+            self.classes.extend(classes)
+        for name, session in self.variants.items():
+            got = self._run(session, images)
+            for key in [*self.outputs, MAP]:
+                cos = cosine_per_image(got[key], ref[key])
+                self.cos[name][which].setdefault(key, []).append(cos)
+            if masks is not None:
+                self.maps[name].append(got[MAP])
+
+    def _metrics(self, model: str) -> dict[str, float]:
+        maps = np.concatenate(self.maps[model])
+        result = evaluate(maps, np.concatenate(self.masks), self.classes)
+        return {k: float(result["mean"][k]) for k in METRICS}
+
+    def result(self, min_cosine: float, max_pap_drop: float) -> GateResult:
+        report: dict[str, Any] = {"criteria": {"min_cosine": min_cosine,
+                                               "max_pap_drop_points": max_pap_drop},
+                                  "variants": {}}
+        failures: list[str] = []
+        fp32_metrics = self._metrics("fp32") if self.masks else None
+        # With labelled data the gate judges what a station loses: pAP. Without, the maps'
+        # cosine to FP32 is the only evidence. (Worst-image cosine alone is too strict for
+        # weak models: their normal-image maps are low noise whose cosine moves most.)
+        report["criteria"]["judged_by"] = "pap_drop" if fp32_metrics is not None else "cosine"
+        if fp32_metrics is not None:
+            report["fp32_metrics"] = fp32_metrics
+        for name in self.variants:
+            entry: dict[str, Any] = {}
+            for which in SETS:
+                per = self.cos[name][which]
+                if not per:
+                    continue
+                cos = {k: np.concatenate(v) for k, v in per.items()}
+                entry[which] = {
+                    "images": int(len(cos[MAP])),
+                    "cosine_min": {k: float(v.min()) for k, v in cos.items()},
+                    "cosine_mean": {k: float(v.mean()) for k, v in cos.items()},
+                }
+                worst = entry[which]["cosine_min"][MAP]
+                if worst < min_cosine and fp32_metrics is None:
+                    failures.append(f"{name}: worst anomaly-map cosine {worst:.4f} on the "
+                                    f"{which.replace('_', '-')} images is below {min_cosine:g}")
+            if fp32_metrics is not None:
+                got = self._metrics(name)
+                delta = {k: 100.0 * (got[k] - fp32_metrics[k]) for k in METRICS}
+                entry["metrics"] = got
+                entry["delta_points"] = delta
+                drop = -delta["pixel_ap"]
+                if math.isnan(drop):
+                    entry["note"] = "pAP undefined (no anomalous pixels in --eval-data)"
+                elif drop > max_pap_drop:
+                    failures.append(f"{name}: pAP drops {drop:.2f} points "
+                                    f"({100 * fp32_metrics['pixel_ap']:.2f} -> "
+                                    f"{100 * got['pixel_ap']:.2f}), more than {max_pap_drop:g}")
+            report["variants"][name] = entry
+        report["passed"] = not failures
+        report["failures"] = failures
+        return GateResult(report, failures)
+
+
+def table_rows(report: dict[str, Any], outputs: Sequence[str]) -> list[list[str]]:
+    """Rows of the printed table: variant, images, worst cosine per output, metric deltas."""
+    rows = []
+    for name, entry in report["variants"].items():
+        for which in SETS:
+            if which not in entry:
+                continue
+            e = entry[which]
+            cells = [f"{e['cosine_min'][k]:.4f}" for k in [*outputs, MAP]]
+            metrics = ["", ""]
+            if which == "eval" and "metrics" in entry:
+                metrics = [f"{100 * entry['metrics'][k]:.2f} {entry['delta_points'][k]:+.2f}"
+                           for k in ("pixel_ap", "dsc")]
+            label = "held out" if which == "held_out" else "eval"
+            rows.append([name, f"{label} {e['images']}", *cells, *metrics])
+    return rows
+

@@ -1,0 +1,49 @@
+"""edgeas.calibration imports with torch, TensorRT and even ONNX Runtime / onnx blocked:
+they are imported inside the functions that use them, so the module, `edgeas calibrate
+--help` and a clear error for a missing package work on a bare machine."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+BLOCKED = ("torch", "torchvision", "tensorrt", "tensorrt_rtx", "pycuda", "onnxruntime", "onnx",
+           "onnx_graphsurgeon")
+MODULES = ("command", "evalset", "gate", "images", "quantize", "ranges", "trt_cache")
+
+
+def test_every_calibration_module_imports_with_the_heavy_packages_blocked():
+    code = textwrap.dedent(f"""
+        import sys
+        for name in {BLOCKED!r}:
+            sys.modules[name] = None  # any import of it raises ImportError
+        for mod in {MODULES!r}:
+            __import__("edgeas.calibration." + mod)
+        import edgeas.export.trt_calibrator  # shares calibration.images, stays torch-free
+        loaded = [m for m in {BLOCKED!r} if sys.modules.get(m) is not None]
+        assert not loaded, loaded
+        sys.argv = ["edgeas", "calibrate", "--help"]
+        from edgeas.cli import main
+        main()
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "--eval-data" in run.stdout and "--allow-drop" in run.stdout
+
+
+def test_missing_onnx_runtime_is_a_one_line_error(tmp_path):
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["onnxruntime"] = None
+        from edgeas.calibration import quantize, ranges
+        try:
+            quantize.quantize(None, ranges.Ranges("minmax", {}, {}, {}, 0), "qdq")
+        except Exception as exc:
+            print(type(exc).__name__, exc.hint)
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("DependencyError") and "pip install" in run.stdout
