@@ -1,21 +1,46 @@
 # Two entry points for a fresh machine (Python 3.11, no GPU): `make demo`, `make test`.
 PYTHON ?= python3
 DEMO ?= demo
+DEMO_SERVE ?= 127.0.0.1:8080
 
-.PHONY: install demo test lint
+# Debian packages the tests use: shell/unit linters, a browser for the live page, an
+# RTSP server (GStreamer through Debian's own python3) and ffprobe. Installed only when
+# running as root with apt (CI); elsewhere the tests that need them skip with a reason.
+APT_PACKAGES = shellcheck systemd chromium ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 \
+	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly \
+	fonts-dejavu-core
+
+.PHONY: install system-packages demo test lint
 
 install:
 	$(PYTHON) -m pip install --quiet -e ".[train,export,runtime,dev]"
 
+system-packages:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			$(APT_PACKAGES) >/dev/null; \
+	else \
+		echo "not root with apt: not installing $(APT_PACKAGES)"; \
+	fi
+
 # The main job on built-in data: generate the inspection set, train the tiny preset,
-# evaluate it.
+# evaluate it, export it to ONNX (FP32 + FP16), calibrate INT8 on normal images with the
+# accuracy gate, and stream a line-camera video of the test images through the exported
+# model on the CPU with the live page served, events logged and the result recorded.
 demo: install
 	rm -rf $(DEMO)
-	edgeas synth $(DEMO)/data --per-class 24 --seed 0
+	edgeas synth $(DEMO)/data --per-class 32 --seed 0
 	edgeas train --config tiny --data $(DEMO)/data --out $(DEMO)/run --epochs 6
 	edgeas eval --checkpoint $(DEMO)/run/last.pt --data $(DEMO)/data --out $(DEMO)/eval
+	edgeas export --checkpoint $(DEMO)/run/last.pt -o $(DEMO)/model.onnx --precision fp16
+	edgeas calibrate --onnx $(DEMO)/model.onnx --images $(DEMO)/data \
+		--eval-data $(DEMO)/data -o $(DEMO)/model.int8.onnx
+	edgeas synth-clip $(DEMO)/data -o $(DEMO)/line.mp4
+	edgeas stream --model $(DEMO)/model.onnx --video $(DEMO)/line.mp4 --serve $(DEMO_SERVE) \
+		--events $(DEMO)/events --record $(DEMO)/annotated.mp4
 
-test: install
+test: system-packages install
 	$(PYTHON) -m pytest -q
 
 lint:
