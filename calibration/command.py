@@ -230,6 +230,12 @@ def calibrate_command(onnx_path: Path, images: Path, output: Path,
                 "accept the loss with --allow-drop",
             )
         console.print(f"[yellow]warning:[/] accuracy gate failed ({reason}); kept by --allow-drop")
+    elif opts.eval_data is not None:
+        console.print(f"[green]accuracy gate passed:[/] no variant loses more than "
+                      f"{opts.max_pap_drop:g} pAP point(s) on {opts.eval_data}")
+    else:
+        console.print(f"[green]accuracy gate passed:[/] every anomaly map's cosine to FP32 is "
+                      f">= {opts.min_cosine:g} on the held-out images (no labelled data given)")
     console.print(f"next: edgeas build-engine --onnx {output} "
                   f"-o {output.with_suffix('.engine')}")
     return report
