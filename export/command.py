@@ -26,26 +26,17 @@ def random_init_model(config: str):
     import torch
 
     from edgeas.config import load_config
-    from edgeas.metadata import build_metadata, unset_threshold
+    from edgeas.metadata import unset_threshold
     from edgeas.preprocess import Recipe
     from edgeas.train.model.unias import build_model
+    from edgeas.train.run import checkpoint_payload
 
     cfg = load_config(config)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, pretrained=False)
     recipe = Recipe(tuple(cfg.input_size), tuple(model.backbone.mean), tuple(model.backbone.std))
-    meta = build_metadata(
-        preset=cfg.preset,
-        backbone=cfg.backbone.name,
-        recipe=recipe.to_metadata(),
-        strides=list(model.backbone.strides),
-        aggregation_mode=cfg.aggregation.mode,
-        threshold=unset_threshold(cfg.threshold.policy, cfg.threshold.param, cfg.aggregation.mode),
-        min_area=cfg.threshold.min_area,
-        classes=[],
-        data_fingerprint=None,
-        config=cfg.to_dict(),
-    )
+    threshold = unset_threshold(cfg.threshold.policy, cfg.threshold.param, cfg.aggregation.mode)
+    meta = checkpoint_payload(cfg, model, [], None, threshold, recipe)["metadata"]
     meta["weights"] = "random-init"
     return model, meta
 

@@ -27,7 +27,7 @@ def checkpoint_payload(
     cfg: EdgeasConfig,
     model,
     classes: list[str],
-    fingerprint: str,
+    fingerprint: str | None,
     threshold: dict[str, Any],
     recipe,
 ) -> dict[str, Any]:
