@@ -18,7 +18,7 @@ install:
 system-packages:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			$(APT_PACKAGES) >/dev/null; \
 	else \
 		echo "not root with apt: not installing $(APT_PACKAGES)"; \
