@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -49,39 +47,15 @@ from edgeas.fileio import atomic_write_text
 from edgeas.preprocess import Recipe, preprocess_bgr
 from edgeas.train.synth import CLASSES, make_normal
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_bench import LoadGate, loadavg, machine_facts  # noqa: E402
+
 THREADS = 2
 MIN_RUNS = 20
 WARMUP = 3
 BLOCK = 5  # calls of one runner in a row before the next runner's turn
 SEED = 0
-QUIET_LOAD = 1.0
 RUNNERS = ("torch_eager", "ort_fp32", "ort_int8_qoperator", "ort_int8_qdq")
-
-
-def loadavg() -> list[float]:
-    try:
-        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return []
-
-
-def wait_for_quiet(budget_s: float) -> dict[str, Any]:
-    """Wait (at most budget_s) for the 1-minute load to drop below QUIET_LOAD."""
-    first, start = loadavg(), time.monotonic()
-    now = first
-    while now and now[0] >= QUIET_LOAD and time.monotonic() - start < budget_s:
-        time.sleep(min(15.0, budget_s))
-        now = loadavg()
-    return {"load_on_arrival": first, "load_at_start": now,
-            "waited_s": round(time.monotonic() - start, 1),
-            "quiet_at_start": bool(now) and now[0] < QUIET_LOAD}
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def ort_session(path: Path) -> ort.InferenceSession:
@@ -154,7 +128,7 @@ def bench_preset(preset: str, work: Path, runs: int, images: int, budget_s: floa
     runners = {"torch_eager": torch_call}
     for name, sess in sessions.items():
         runners[name] = (lambda s=sess: s.run(None, {"image": x}))
-    load = wait_for_quiet(budget_s)
+    load = LoadGate(budget_s).wait()  # a fresh budget per preset
     times = time_runners(runners, runs)
     load["load_after"] = loadavg()
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -270,9 +244,7 @@ def main() -> None:
                    for p in args.presets.split(",")}
     result = {
         "command": command.strip(),
-        "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-                    "python": platform.python_version(), "onnxruntime": ort.__version__,
-                    "torch": torch.__version__, "platform": platform.platform()},
+        "machine": {**machine_facts(), "onnxruntime": ort.__version__},
         "threads": {"onnxruntime_intra_op": THREADS, "onnxruntime_inter_op": 1,
                     "torch": THREADS},
         "presets": presets,
