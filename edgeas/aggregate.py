@@ -313,13 +313,9 @@ def _components(mask: np.ndarray):
     return cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
 
 
-def remove_small_regions(mask: np.ndarray, min_area: int) -> np.ndarray:
-    """Copy of mask (uint8 0/1) without its 8-connected regions of fewer than min_area pixels."""
-    out = _as_mask(mask)  # a new array: the caller's mask is never modified
-    if min_area <= 1 or not out.any():
-        return out
-    n, labels, stats, _ = _components(out)
-    small = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] < min_area) + 1
+def _clear_labels(out: np.ndarray, labels: np.ndarray, stats: np.ndarray,
+                  small: np.ndarray) -> np.ndarray:
+    """`out` with the pixels of the labels in `small` set to 0."""
     if small.size <= _MAX_BOX_CLEARS:
         # small regions have small boxes: touch only those pixels
         for lab in small:
@@ -327,10 +323,36 @@ def remove_small_regions(mask: np.ndarray, min_area: int) -> np.ndarray:
             win = out[y : y + h, x : x + w]
             win[labels[y : y + h, x : x + w] == lab] = 0
         return out
-    keep = np.ones(n, np.uint8)
+    keep = np.ones(len(stats), np.uint8)
     keep[0] = 0
     keep[small] = 0
     return np.take(keep, labels)
+
+
+def remove_small_regions(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """Copy of mask (uint8 0/1) without its 8-connected regions of fewer than min_area pixels."""
+    out = _as_mask(mask)  # a new array: the caller's mask is never modified
+    if min_area <= 1 or not out.any():
+        return out
+    _, labels, stats, _ = _components(out)
+    small = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] < min_area) + 1
+    return _clear_labels(out, labels, stats, small)
+
+
+def clean_and_decide(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, bool, list[list[int]]]:
+    """`remove_small_regions` then `decide`, from one connected-components pass: the
+    per-frame path of the station. Removing whole 8-connected regions leaves the areas and
+    boxes of the others as they were, so the result is the same as the two calls."""
+    out = _as_mask(mask)
+    if not out.any():
+        return out, False, []
+    _, labels, stats, _ = _components(out)
+    area = stats[1:, cv2.CC_STAT_AREA]
+    kept = np.flatnonzero(area >= max(min_area, 1)) + 1
+    regions = [[int(v) for v in stats[lab, :4]] for lab in kept]
+    if min_area > 1:
+        out = _clear_labels(out, labels, stats, np.flatnonzero(area < min_area) + 1)
+    return out, bool(regions), regions
 
 
 def decide(mask: np.ndarray, min_area: int) -> tuple[bool, list[list[int]]]:

@@ -7,7 +7,14 @@ never (a test imports the package with all four blocked).
 
 from __future__ import annotations
 
-from edgeas.aggregate import aggregate, decide, image_score, naive_aggregate, remove_small_regions
+from edgeas.aggregate import (
+    aggregate,
+    clean_and_decide,
+    decide,
+    image_score,
+    naive_aggregate,
+    remove_small_regions,
+)
 from edgeas.runtime.backends import Backend, OnnxRuntimeBackend, open_backend
 from edgeas.runtime.events import EventLog, EventWriter
 from edgeas.runtime.pipeline import Pipeline, Settings, Sinks, resolve_settings
@@ -27,6 +34,7 @@ __all__ = [
     "SourceSpec",
     "StreamOptions",
     "aggregate",
+    "clean_and_decide",
     "decide",
     "image_score",
     "load_station",

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeas.aggregate import MODES, aggregate, decide, image_score, remove_small_regions
+from edgeas.aggregate import MODES, aggregate, clean_and_decide, image_score
 from edgeas.errors import ConfigError, DependencyError, EdgeasError, StreamError
 from edgeas.runtime.backends import Backend
 from edgeas.runtime.events import EventWriter
@@ -235,8 +235,7 @@ class Pipeline:
         else:
             amap, mask = aggregate(maps, out_hw, s.threshold, s.mode, s.blur)
         score = image_score(amap)
-        mask = remove_small_regions(mask, s.min_area)
-        is_ng, regions = decide(mask, max(s.min_area, 1))
+        mask, is_ng, regions = clean_and_decide(mask, s.min_area)
         t1 = time.perf_counter()
         self.stats.add("aggregate", t1 - t0)
         sinks, server = self.sinks, self.sinks.server

@@ -13,6 +13,7 @@ import pytest
 from edgeas.aggregate import (
     aggregate,
     aggregate_batch,
+    clean_and_decide,
     decide,
     gaussian_blur,
     image_score,
@@ -276,6 +277,23 @@ def test_decide():
     assert decide(m, 10) == (False, [])
     assert decide(np.zeros((5, 5), np.uint8), 1) == (False, [])
     assert all(isinstance(v, int) for r in decide(m, 1)[1] for v in r)
+
+
+@pytest.mark.parametrize("min_area", [0, 1, 2, 5, 40])
+def test_clean_and_decide_equals_removing_then_deciding(min_area):
+    rng = np.random.default_rng(min_area)
+    masks = [_hand_mask(), np.zeros((9, 9), np.uint8)]
+    masks += [(rng.random((60, 80)) > p).astype(np.uint8) for p in (0.5, 0.8, 0.97)]
+    speckled = np.zeros((64, 64), np.uint8)
+    speckled[::4, ::4] = 1  # more small regions than the box-by-box path clears
+    speckled[30:39, 30:39] = 1
+    masks.append(speckled)
+    for m in masks:
+        want_mask = remove_small_regions(m, min_area)
+        want_ng, want_regions = decide(want_mask, max(min_area, 1))
+        got_mask, got_ng, got_regions = clean_and_decide(m, min_area)
+        assert np.array_equal(got_mask, want_mask) and got_mask.dtype == np.uint8
+        assert got_ng == want_ng and sorted(got_regions) == sorted(want_regions)
 
 
 # --------------------------------------------------------------------------- import boundary
