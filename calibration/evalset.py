@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from edgeas import imageio
 from edgeas.calibration.images import IMAGE_SUFFIXES, read_bgr
 from edgeas.errors import DataError
 from edgeas.preprocess import Recipe, preprocess_bgr
@@ -79,21 +79,10 @@ def index_eval_set(root: str | Path, wanted: Sequence[str] = ()) -> EvalSet:
 
 
 def read_mask(path: Path | None, size: tuple[int, int]) -> np.ndarray:
-    """uint8 0/1 mask at the model's input size (H, W), nearest-neighbour resized."""
-    h, w = size
+    """uint8 0/1 mask at the model's input size (H, W); a normal image has none: all 0."""
     if path is None:
-        return np.zeros((h, w), np.uint8)
-    data = np.fromfile(path, dtype=np.uint8)
-    # UNCHANGED keeps 16-bit label masks intact (GRAYSCALE would scale 1 down to 0)
-    mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if mask is None:
-        raise DataError(f"mask {path} cannot be read")
-    if mask.ndim == 3:
-        mask = mask.max(axis=2)
-    binary = (mask > 0).astype(np.uint8)
-    if binary.shape != (h, w):
-        binary = cv2.resize(binary, (w, h), interpolation=cv2.INTER_NEAREST)
-    return binary
+        return np.zeros(size, np.uint8)
+    return imageio.read_mask(path, size)
 
 
 def load(evalset: EvalSet, index: Sequence[int], recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:

@@ -11,13 +11,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from edgeas import imageio
 from edgeas.errors import CalibrationError, DataError
+from edgeas.imageio import IMAGE_SUFFIXES
 from edgeas.preprocess import Recipe, preprocess_bgr
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MIN_IMAGES = 32  # fewer than this gives a calibration that does not generalise
 WARN_IMAGES = 128
 # An image whose pixels vary by less than this many grey levels (std over all pixels and
@@ -81,19 +81,7 @@ def file_list_sha256(paths: list[Path], root: str | os.PathLike) -> str:
 
 
 def read_bgr(path: Path, what: str = "calibration image") -> np.ndarray:
-    """uint8 BGR frame; DataError names the file. np.fromfile + imdecode also reads
-    non-ASCII paths, which cv2.imread does not."""
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-        frame = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    except (OSError, cv2.error) as exc:
-        raise DataError(f"{what} {path} cannot be read ({exc})") from exc
-    if frame is None:
-        raise DataError(
-            f"{what} {path} cannot be read: empty or not an image file",
-            hint="remove or replace the file",
-        )
-    return frame
+    return imageio.read_bgr(path, what)
 
 
 def load_tensors(

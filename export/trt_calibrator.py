@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 # The image list, its hash and the count limits live in the torch-free calibration
@@ -28,6 +27,7 @@ from edgeas.calibration.images import (  # noqa: F401
     _images_in,
     file_list_sha256,
     list_images,
+    read_bgr,
 )
 from edgeas.errors import DataError, require
 from edgeas.fileio import atomic_write_bytes, atomic_write_text
@@ -58,10 +58,7 @@ class CalibrationBatches:
         return self.count // self.batch
 
     def load(self, path: Path) -> np.ndarray:
-        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if frame is None:
-            raise DataError(f"calibration image {path} cannot be read")
-        return preprocess_bgr(frame, self.recipe)
+        return preprocess_bgr(read_bgr(path), self.recipe)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for s in range(0, self.count, self.batch):

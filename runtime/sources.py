@@ -25,10 +25,10 @@ import cv2
 import numpy as np
 
 from edgeas.errors import ConfigError, StreamError
+from edgeas.imageio import IMAGE_SUFFIXES
 
 log = logging.getLogger("edgeas.stream")
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # A network camera that stops answering must not block the capture thread forever.
 NET_TIMEOUT_MS = 5000
 BACKOFF_START, BACKOFF_MAX = 0.5, 10.0

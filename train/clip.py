@@ -16,8 +16,8 @@ import cv2
 
 from edgeas.errors import DataError
 from edgeas.fileio import atomic_write_text
+from edgeas.imageio import IMAGE_SUFFIXES, read_bgr
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 
 
@@ -46,10 +46,7 @@ def write_clip(
     images = list_test_images(data)
     random.Random(seed).shuffle(images)  # classes and defects interleave, as on a line
     images = images[:limit] if limit else images
-    first = cv2.imread(str(images[0][0]), cv2.IMREAD_COLOR)
-    if first is None:
-        raise DataError(f"{images[0][0]} cannot be read")
-    height, width = first.shape[:2]
+    height, width = read_bgr(images[0][0]).shape[:2]
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed: a stopped run leaves no half clip.
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
@@ -60,9 +57,7 @@ def write_clip(
     frames = []
     try:
         for path, cls, kind in images:
-            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if img is None:
-                raise DataError(f"{path} cannot be read")
+            img = read_bgr(path)
             if img.shape[:2] != (height, width):
                 img = cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
             for _ in range(hold):

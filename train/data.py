@@ -32,8 +32,10 @@ import cv2
 import numpy as np
 
 from edgeas.errors import DataError
+from edgeas.imageio import IMAGE_SUFFIXES, read_mask  # noqa: F401  (part of this API)
+from edgeas.imageio import read_bgr as read_image  # noqa: F401
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+IMAGE_EXTENSIONS = frozenset(IMAGE_SUFFIXES)
 VISA_CSV = Path("split_csv") / "1cls.csv"
 _LAYOUT_HINT = (
     "expected one of three layouts: MVTec AD (ROOT/CLASS/train/good/, ROOT/CLASS/test/DEFECT/, "
@@ -296,39 +298,6 @@ def split_train_val(
         for i, s in enumerate(items):
             (val if i in held else train).append(s)
     return train, val
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """uint8 BGR (H,W,3); grey and 16-bit files are converted. DataError names the file."""
-    path = Path(path)
-    try:
-        data = np.fromfile(path, dtype=np.uint8)  # works for non-ASCII paths, unlike cv2.imread
-        img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    except (OSError, cv2.error) as exc:
-        raise DataError(f"cannot read image {path} ({exc})") from exc
-    if img is None:
-        raise DataError(f"cannot read image {path}: empty or not an image file")
-    return img
-
-
-def read_mask(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
-    """uint8 0/1 mask at `size` (H, W), resized nearest-neighbour; any value > 0 is a defect."""
-    path = Path(path)
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-        # UNCHANGED keeps 16-bit label masks intact (GRAYSCALE would scale 1 down to 0).
-        mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    except (OSError, cv2.error) as exc:
-        raise DataError(f"cannot read mask {path} ({exc})") from exc
-    if mask is None:
-        raise DataError(f"cannot read mask {path}: empty or not an image file")
-    if mask.ndim == 3:
-        mask = mask.max(axis=2)
-    binary = (mask > 0).astype(np.uint8)
-    h, w = size
-    if binary.shape != (h, w):
-        binary = cv2.resize(binary, (w, h), interpolation=cv2.INTER_NEAREST)
-    return binary
 
 
 def data_fingerprint(index: DataIndex) -> str:
