@@ -4,17 +4,13 @@ TensorRT-RTX builds all three on this CPU."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
+from test_stream_support import edgeas
 
 
-def _edgeas(*args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "edgeas", *args], capture_output=True,
-                            text=True, timeout=900)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
+def _edgeas(*args: str):
+    return edgeas(*args, timeout=900)  # training and engine builds outlast the default
 
 
 @pytest.mark.slow

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from test_stream_support import edgeas
 
 
-def _edgeas(*args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "edgeas", *args], capture_output=True,
-                            text=True, timeout=1200)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
+def _edgeas(*args: str):
+    return edgeas(*args, timeout=1200)  # training and engine builds outlast the default
 
 
 @pytest.mark.slow
