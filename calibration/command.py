@@ -1,8 +1,9 @@
 """`edgeas calibrate`: INT8 models from normal images, checked against FP32 before use.
 
 Writes, beside -o model.int8.onnx: model.int8.cpu.onnx (ONNX Runtime CPU), model.int8.cache
-(TensorRT 10's legacy calibration cache) and model.int8.json (what was done and how
-accurate it is). The models are written before the accuracy gate runs, so that a
+(TensorRT 10's legacy calibration cache) with model.int8.cache.json (the ONNX and images it
+was made from, so that `build-engine --calib-cache` reuses it) and model.int8.json (what was
+done and how accurate it is). The models are written before the accuracy gate runs, so that a
 failed gate leaves them for inspection; the exit code says whether they passed.
 """
 
@@ -159,7 +160,7 @@ def _failure_message(failures: list[str]) -> str:
 
 def calibrate_command(onnx_path: Path, images: Path, output: Path,
                       opts: CalibrateOptions) -> dict[str, Any]:
-    from edgeas.artifacts import read_onnx_metadata
+    from edgeas.artifacts import read_onnx_metadata, sha256_file
     from edgeas.export.onnx_graph import check, set_metadata
 
     onnx_path, images, output = Path(onnx_path), Path(images), Path(output)
@@ -204,12 +205,18 @@ def calibrate_command(onnx_path: Path, images: Path, output: Path,
         console.print(f"[green]wrote[/] {files[fmt]}")
     cache_text, skipped = trt_cache.render(ranges.amax, opts.trt_version)
     atomic_write_text(files["cache"], cache_text)
+    cache_record = trt_cache.calibrate_record(sha256_file(onnx_path), recipe.input_size, record,
+                                              opts.trt_version)
+    atomic_write_text(trt_cache.record_path(files["cache"]),
+                      json.dumps(cache_record, indent=2, sort_keys=True))
     console.print(f"[green]wrote[/] {files['cache']} ({trt_cache.header(opts.trt_version)})")
 
     result = _gate(meta, model, written, tensors[hold], opts)
     _print_table(result.report, meta, opts.eval_data is not None)
     report = {
-        "onnx": str(onnx_path), "files": {k: str(v) for k, v in files.items()},
+        "onnx": str(onnx_path),
+        "files": {**{k: str(v) for k, v in files.items()},
+                  "cache_record": str(trt_cache.record_path(files["cache"]))},
         "calibration": record, "images": image_check.to_json(),
         "ranges": {"tensors": len(ranges.amax), "method": opts.method},
         "quantization": {fmt: qz.describe(fmt) for fmt in qz.FORMATS},
@@ -238,4 +245,7 @@ def calibrate_command(onnx_path: Path, images: Path, output: Path,
                       f">= {opts.min_cosine:g} on the held-out images (no labelled data given)")
     console.print(f"next: edgeas build-engine --onnx {output} "
                   f"-o {output.with_suffix('.engine')}")
+    console.print(f"  (TensorRT {opts.trt_version}'s implicit INT8, e.g. for DLA: edgeas "
+                  f"build-engine --onnx {onnx_path} --precision int8 "
+                  f"--calib-cache {files['cache']})")
     return report

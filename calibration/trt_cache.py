@@ -10,9 +10,12 @@ names another version or another calibrator and calibrates again.
 
 from __future__ import annotations
 
+import json
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 from edgeas.errors import ArtifactError, ConfigError
 
@@ -22,6 +25,9 @@ DEFAULT_VERSION = "10.3.0"
 # IInt8EntropyCalibrator2: TensorRT only reads a cache under that calibrator's name,
 # whatever method chose the ranges (recorded in the metadata and the report instead).
 ALGORITHM = "EntropyCalibration2"
+# The record beside a cache says who made it; `build-engine --calib-cache` reuses a cache
+# of `edgeas calibrate` without images when the record names the very ONNX being built.
+MADE_BY = "edgeas calibrate"
 
 
 def version_number(version: str) -> int:
@@ -78,3 +84,29 @@ def parse(text: str) -> tuple[str, dict[str, float]]:
                 f"calibration cache line {number} is not 'name: hex': {row!r}"
             ) from exc
     return rows[0], scales
+
+
+def record_path(cache: Path) -> Path:
+    """`<cache>.json`, the record of what made `cache`."""
+    return cache.with_name(cache.name + ".json")
+
+
+def calibrate_record(onnx_sha256: str, input_size: Sequence[int], calibration: Mapping[str, Any],
+                     version: str) -> dict[str, Any]:
+    """What `edgeas calibrate` writes beside its cache: the FP32 ONNX whose tensor names
+    the cache uses, the images and method behind the ranges, and the cache's header."""
+    return {
+        "made_by": MADE_BY, "onnx_sha256": onnx_sha256, "input_size": list(input_size),
+        "header": header(version),
+        **{k: calibration[k] for k in ("method", "images", "file_list_sha256")},
+    }
+
+
+def read_calibrate_record(cache: Path) -> dict[str, Any] | None:
+    """The record `edgeas calibrate` left beside `cache`; None when there is none or it
+    was made otherwise (TensorRT's own calibrator writes a record without `made_by`)."""
+    try:
+        record = json.loads(record_path(cache).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) and record.get("made_by") == MADE_BY else None

@@ -86,6 +86,48 @@ def _fp32_layer_names(onnx_path: Path) -> set[str] | None:
     return set(fp32_node_names(onnx.load(str(onnx_path))))
 
 
+def _static_batch(parsed) -> int:
+    return int(parsed.network.get_input(0).shape[0])
+
+
+def _calibrate_cache(flavour, options, meta, parsed, onnx_sha):
+    """(calibrator, record, cache) reading the cache `edgeas calibrate` wrote, or None when
+    --calib-cache is not such a cache. TensorRT then takes the scales from the cache and
+    feeds no batch, so no images are needed; a cache it would not accept is refused here,
+    because without images TensorRT could not calibrate again."""
+    from edgeas.calibration import trt_cache
+    from edgeas.export import trt_calibrator as tc
+
+    path = options.calib_cache
+    made = trt_cache.read_calibrate_record(Path(path)) if path is not None else None
+    if made is None:
+        return None
+    if not Path(path).is_file():
+        raise ConfigError(f"--calib-cache {path}: file not found (only its record is there)")
+    if made["onnx_sha256"] != onnx_sha:
+        raise ConfigError(
+            f"--calib-cache {path} was calibrated on another ONNX than this --onnx "
+            f"(sha256 {made['onnx_sha256'][:12]}... vs {onnx_sha[:12]}...)",
+            hint="pass the model.onnx that `edgeas calibrate --onnx` read, or calibrate again",
+        )
+    head = Path(path).read_text(errors="replace").split("\n", 1)[0].strip()
+    wanted = trt_cache.header(flavour.version)
+    if head != wanted:
+        raise ConfigError(
+            f"--calib-cache {path} starts {head!r}; {flavour.label} reads only {wanted!r}",
+            hint=f"edgeas calibrate ... --trt-version {flavour.version}",
+        )
+    if options.calib_images is not None:
+        console.print(f"note: --calib-images unused: the scales come from {path}")
+    static = _static_batch(parsed)
+    recipe = Recipe.from_metadata(meta)
+    batches = tc.CalibrationBatches([], recipe, static if static > 0 else options.calib_batch)
+    cache = tc.CalibrationCache(path, made)
+    calibrator = tc.make_entropy_calibrator(flavour.trt, batches, cache)
+    record = {k: made[k] for k in ("method", "images", "file_list_sha256", "made_by")}
+    return calibrator, dict(record, cache=str(path)), cache
+
+
 def _calibration(flavour, options, meta, parsed, output, onnx_sha, precision):
     """(calibrator, the sidecar's calibration record, the cache), each possibly None."""
     trt = flavour.trt
@@ -98,9 +140,13 @@ def _calibration(flavour, options, meta, parsed, output, onnx_sha, precision):
             f"{flavour.label} builds INT8 only from a Q/DQ ONNX, and this one has no Q/DQ nodes",
             hint="use the model.int8.onnx written by `edgeas calibrate`",
         )
+    made = _calibrate_cache(flavour, options, meta, parsed, onnx_sha)
+    if made is not None:
+        return made
     if options.calib_images is None:
         raise ConfigError(
-            "INT8 on TensorRT 10 needs --calib-images DIR (normal images) or a Q/DQ ONNX",
+            "INT8 on TensorRT 10 needs --calib-images DIR (normal images), a --calib-cache "
+            "written by `edgeas calibrate`, or a Q/DQ ONNX",
             hint="or build FP16; calibrating on anything but normal station images is wrong",
         )
     from edgeas.export import trt_calibrator as tc
@@ -110,7 +156,7 @@ def _calibration(flavour, options, meta, parsed, output, onnx_sha, precision):
     if len(paths) < tc.WARN_IMAGES:
         console.print(f"[yellow]warning:[/] {len(paths)} calibration images; "
                       f">= {tc.WARN_IMAGES} are recommended")
-    static = int(parsed.network.get_input(0).shape[0])
+    static = _static_batch(parsed)
     # a static graph calibrates at its own batch; a dynamic one at --calib-batch
     batches = tc.CalibrationBatches(paths, recipe, static if static > 0 else options.calib_batch)
     provenance = {

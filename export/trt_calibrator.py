@@ -20,6 +20,7 @@ import numpy as np
 
 # The image list, its hash and the count limits live in the torch-free calibration
 # package, which `edgeas calibrate` shares; re-exported here under their old names.
+from edgeas.calibration import trt_cache
 from edgeas.calibration.images import (  # noqa: F401
     IMAGE_SUFFIXES,
     MIN_IMAGES,
@@ -79,7 +80,7 @@ class CalibrationCache:
 
     @property
     def record_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".json")
+        return trt_cache.record_path(self.path)
 
     def read(self) -> bytes | None:
         if not self.path.is_file():

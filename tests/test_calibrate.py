@@ -209,6 +209,61 @@ def test_cache_parses_and_holds_the_scales_of_the_qdq_model(trained, calibrated)
     assert checked > 100
 
 
+def _mock_trt10_build(onnx_path: Path, engine: Path, cache: Path, monkeypatch, version="10.3.0"):
+    """build-engine INT8 on the TensorRT 10 mock (a mock: it proves the call sequence and the
+    cache handling, nothing about TensorRT itself), with no calibration images."""
+    from test_build_engine_mocks import MockPycudaDriver, MockTensorRT10
+
+    from edgeas.export.engine import BuildOptions, build_engine
+    from edgeas.export.trt_build import Flavour, GpuInfo
+
+    cuda = MockPycudaDriver()
+    monkeypatch.setitem(sys.modules, "pycuda", cuda.package)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
+    trt = MockTensorRT10(version)
+    side = build_engine(onnx_path, engine, BuildOptions(precision="int8", calib_cache=cache),
+                        Flavour("tensorrt", trt, version), GpuInfo("Orin (mock)", "8.7"))
+    return side, trt, cuda
+
+
+def test_mock_tensorrt10_build_engine_reuses_the_cache_of_calibrate_without_images(
+    trained, calibrated, tmp_path, monkeypatch
+):
+    from edgeas.artifacts import sha256_file
+
+    record = json.loads(trt_cache.record_path(calibrated["cache"]).read_text())
+    report = json.loads(calibrated["report"].read_text())
+    assert record["made_by"] == "edgeas calibrate" and record["onnx_sha256"] == sha256_file(trained)
+    assert record["header"] == calibrated["cache"].read_text().splitlines()[0]
+    assert {k: record[k] for k in ("method", "images", "file_list_sha256")} == {
+        k: report["calibration"][k] for k in ("method", "images", "file_list_sha256")}
+    before = calibrated["cache"].read_bytes()
+
+    side, trt, cuda = _mock_trt10_build(trained, tmp_path / "m.engine", calibrated["cache"],
+                                        monkeypatch)
+    assert trt.batches_seen == 0 and cuda.uploads == []  # the scales came from the cache
+    assert side["calibration"]["cache_reused"] is True
+    assert side["calibration"]["made_by"] == "edgeas calibrate"
+    assert side["calibration"]["file_list_sha256"] == record["file_list_sha256"]
+    assert calibrated["cache"].read_bytes() == before
+
+
+def test_a_cache_of_calibrate_is_refused_for_another_onnx_or_tensorrt_version(
+    trained, calibrated, tmp_path, monkeypatch
+):
+    cache = tmp_path / "model.int8.cache"
+    cache.write_bytes(calibrated["cache"].read_bytes())
+    record = json.loads(trt_cache.record_path(calibrated["cache"]).read_text())
+    trt_cache.record_path(cache).write_text(json.dumps(dict(record, onnx_sha256="0" * 64)))
+    with pytest.raises(ConfigError, match="calibrated on another ONNX"):
+        _mock_trt10_build(trained, tmp_path / "a.engine", cache, monkeypatch)
+    trt_cache.record_path(cache).write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="TRT-100300-EntropyCalibration2") as info:
+        _mock_trt10_build(trained, tmp_path / "b.engine", cache, monkeypatch, version="10.7.0")
+    assert "--trt-version 10.7.0" in info.value.hint
+    assert not (tmp_path / "a.engine").exists() and not (tmp_path / "b.engine").exists()
+
+
 def test_cache_format_round_trips_exactly():
     amax = {"image": 1.0, "a/b:0": 0.3, "name: with colon": 7.25, "zero": 0.0}
     text, skipped = trt_cache.render(amax, "10.3.0")
