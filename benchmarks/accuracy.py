@@ -44,7 +44,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy_report import METRICS, summarise, write  # noqa: E402
-from model_bench import EXTRA_FORMULAS, flop_count, frozen, loadavg, machine_facts  # noqa: E402
+from flops import EXTRA_FORMULAS, flop_count, frozen  # noqa: E402
+from machine import loadavg, machine_facts  # noqa: E402
 
 from edgeas.config import EdgeasConfig, config_from_dict, load_config  # noqa: E402
 from edgeas.fileio import atomic_write_text  # noqa: E402

@@ -48,7 +48,7 @@ from edgeas.preprocess import Recipe, preprocess_bgr
 from edgeas.train.synth import CLASSES, make_normal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_bench import LoadGate, loadavg, machine_facts  # noqa: E402
+from machine import LoadGate, loadavg, machine_facts  # noqa: E402
 
 THREADS = 2
 MIN_RUNS = 20

@@ -28,22 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from model_bench import (
-    EXTRA_FORMULAS,
-    MIN_RUNS,
-    MIN_WARMUP,
-    QUIET_LOAD,
-    SEED,
-    THREADS,
-    LoadGate,
-    count_params,
-    flop_count,
-    frozen,
-    gflops,
-    loadavg,
-    machine_facts,
-    summarise_ms,
-)
+from flops import EXTRA_FORMULAS, count_params, flop_count, frozen, gflops
+from machine import QUIET_LOAD, LoadGate, loadavg, machine_facts
+from model_bench import MIN_RUNS, MIN_WARMUP, SEED, THREADS, summarise_ms
 from torch import Tensor, nn
 
 from edgeas.config import load_config
