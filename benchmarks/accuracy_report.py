@@ -3,14 +3,12 @@ spreads over seeds, differences to the reference row, per-seed and per-class tab
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from edgeas.fileio import atomic_write_text
+from publish import write_results
 
 METRICS = ("pixel_ap", "dsc", "dsc_deploy", "pixel_auroc", "image_auroc")
 SHORT = ("pAP", "DSC", "deploy DSC", "pixel AUROC", "image AUROC")
@@ -125,7 +123,5 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def write(out: Path, report: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "accuracy.json", json.dumps(report, indent=2) + "\n")
-    atomic_write_text(out / "accuracy.md", markdown(report))
+    write_results(out, "accuracy", report, markdown(report))
     print(markdown(report))

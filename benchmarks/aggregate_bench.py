@@ -16,7 +16,6 @@ see the same machine state (run order alternates every round):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -25,9 +24,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from publish import write_results
 
 from edgeas.aggregate import aggregate, naive_aggregate
-from edgeas.fileio import atomic_write_text
 
 LEVELS = (112, 56, 28, 14)
 SEED = 0
@@ -126,9 +125,7 @@ def run(runs: int, h: int, w: int, out_dir: Path) -> dict:
             "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         },
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "aggregate.json", json.dumps(report, indent=2) + "\n")
-    atomic_write_text(out_dir / "aggregate.md", markdown(report))
+    write_results(out_dir, "aggregate", report, markdown(report))
     return report
 
 

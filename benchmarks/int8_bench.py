@@ -25,7 +25,6 @@ no pAP is reported here (tests/test_calibrate.py measures pAP on a trained model
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import statistics
 import sys
@@ -38,12 +37,12 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 import torch
+from publish import write_results
 
 from edgeas.calibration.command import CalibrateOptions, calibrate_command, output_paths
 from edgeas.export.command import random_init_model
 from edgeas.export.onnx_export import export_model
 from edgeas.export.torch_graph import ExportGraph
-from edgeas.fileio import atomic_write_text
 from edgeas.preprocess import Recipe, preprocess_bgr
 from edgeas.train.synth import CLASSES, make_normal
 
@@ -249,9 +248,7 @@ def main() -> None:
                     "torch": THREADS},
         "presets": presets,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "int8.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(args.out / "int8.md", markdown(result))
+    write_results(args.out, "int8", result, markdown(result))
     print(markdown(result))
 
 

@@ -20,7 +20,6 @@ accuracies quoted are the published ones, at each variant's own training resolut
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -31,10 +30,10 @@ import torch
 from flops import EXTRA_FORMULAS, count_params, flop_count, frozen, gflops
 from machine import QUIET_LOAD, LoadGate, loadavg, machine_facts
 from model_bench import MIN_RUNS, MIN_WARMUP, SEED, THREADS, summarise_ms
+from publish import write_results
 from torch import Tensor, nn
 
 from edgeas.config import load_config
-from edgeas.fileio import atomic_write_text
 from edgeas.train.model.unias import build_model
 
 PRESET = "unias-lite"
@@ -128,9 +127,7 @@ def run(runs: int, warmup: int, out_dir: Path, max_wait: float) -> dict[str, Any
         "variants": variants,
         "recommendation": RECOMMENDED,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "lite_choice.json", json.dumps(report, indent=2) + "\n")
-    atomic_write_text(out_dir / "lite_choice.md", markdown(report))
+    write_results(out_dir, "lite_choice", report, markdown(report))
     return report
 
 

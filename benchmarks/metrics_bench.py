@@ -28,8 +28,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from publish import write_results
 
-from edgeas.fileio import atomic_write_text
 from edgeas.metrics import evaluate, nan_classes
 from edgeas.thresholds import threshold_from_normal
 
@@ -111,9 +111,7 @@ def run(n_images: int, out_dir: Path) -> dict:
             "cpu_count": os.cpu_count(),
         },
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
-    atomic_write_text(out_dir / "metrics.md", markdown(report))
+    write_results(out_dir, "metrics", report, markdown(report))
     return report
 
 

@@ -58,9 +58,9 @@ from flops import (  # noqa: E402
 )
 from machine import QUIET_LOAD, LoadGate, loadavg, machine_facts  # noqa: E402
 from model_bench_report import markdown  # noqa: E402
+from publish import write_results  # noqa: E402
 
 from edgeas.config import load_config  # noqa: E402
-from edgeas.fileio import atomic_write_text  # noqa: E402
 from edgeas.train.model.unias import UniAS, build_model  # noqa: E402
 
 DEFAULT_PRESETS = ("tiny", "unias-lite", "unias-b4")
@@ -276,9 +276,7 @@ def run(
     report["commands"] = list(dict.fromkeys(r["command"] for r in report["presets"].values()))
     if "unias-b4" in report["presets"]:
         report["spec_check"] = spec_check(report["presets"]["unias-b4"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
-    atomic_write_text(out_dir / "model_cost.md", markdown(report))
+    write_results(out_dir, "model_cost", report, markdown(report))
     return report
 
 

@@ -17,7 +17,6 @@ the ratios are of medians from the same loop. Before timing, the script waits
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import statistics
 import sys
@@ -30,10 +29,10 @@ import onnxruntime as ort
 import torch
 from int8_bench import BLOCK, MIN_RUNS, SEED, THREADS, WARMUP, ort_session, time_runners
 from machine import LoadGate, loadavg, machine_facts
+from publish import write_results
 
 from edgeas.export.command import random_init_model
 from edgeas.export.onnx_export import export_model
-from edgeas.fileio import atomic_write_text
 from edgeas.preprocess import Recipe, preprocess_bgr
 from edgeas.train.synth import CLASSES, make_normal
 
@@ -119,9 +118,7 @@ def main() -> None:
         result = run(presets, args.runs, args.max_wait, Path(tmp))
     result = {"command": "python benchmarks/ort_presets.py " + shlex.join(sys.argv[1:]),
               "machine": {**machine_facts(), "onnxruntime": ort.__version__}, **result}
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "ort_presets.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(args.out / "ort_presets.md", markdown(result))
+    write_results(args.out, "ort_presets", result, markdown(result))
     print(markdown(result))
 
 

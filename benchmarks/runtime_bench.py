@@ -21,7 +21,6 @@ is reported, with the 1-minute load average before and after (the machine is sha
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -33,8 +32,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from publish import write_results
 
-from edgeas.fileio import atomic_write_text
 from edgeas.runtime.backends import open_backend
 from edgeas.runtime.bench import bench_backend, bench_pipeline, machine_info
 from edgeas.runtime.pipeline import resolve_settings
@@ -195,9 +194,7 @@ def main() -> None:
         "load_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "seconds": round(time.perf_counter() - start, 1),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "runtime.json", json.dumps(report, indent=2) + "\n")
-    atomic_write_text(args.out / "runtime.md", markdown(report))
+    write_results(args.out, "runtime", report, markdown(report))
     print(markdown(report))
 
 
