@@ -4,7 +4,6 @@ call sequences against clearly named mocks, the import boundary, and the errors.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx_graphsurgeon")
 
+from blocked_python import edgeas_without, run_without  # noqa: E402
 from test_build_engine_mocks import (  # noqa: E402
     MockPycudaDriver,
     MockTensorRT10,
@@ -85,17 +85,12 @@ def _check_sidecar(engine: Path, onnx_path: Path, precision: str) -> dict:
 def test_rtx_builds_the_fp32_onnx_from_the_cli_with_torch_blocked(models, tmp_path):
     rtx = _rtx()
     engine = tmp_path / "model.engine"
-    script = (
-        "import sys; sys.modules['torch'] = None\n"  # any import of torch now fails
-        "from edgeas.cli import main\n"
-        f"sys.argv = ['edgeas', 'build-engine', '--onnx', {str(models['fp32'])!r}, '-o', "
-        f"{str(engine)!r}, '--tensorrt', 'tensorrt_rtx', '--optimization-level', '0', "
-        f"'--min-batch', '1', '--opt-batch', '2', '--max-batch', '4', "
-        f"'--timing-cache', {str(tmp_path / 'timing.cache')!r}]\n"
-        "main()\n"
+    result = edgeas_without(
+        ("torch",), "build-engine", "--onnx", str(models["fp32"]), "-o", str(engine),
+        "--tensorrt", "tensorrt_rtx", "--optimization-level", "0", "--min-batch", "1",
+        "--opt-batch", "2", "--max-batch", "4", "--timing-cache", str(tmp_path / "timing.cache"),
+        timeout=600,
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stderr
     side = _check_sidecar(engine, models["fp32"], "fp32")
     assert side["tensorrt_flavour"] == "tensorrt_rtx" and side["tensorrt_version"] == rtx.version
@@ -155,16 +150,8 @@ def test_rtx_parser_error_names_the_node(models, tmp_path):
 
 
 def test_missing_tensorrt_is_one_dependency_error_naming_the_install(models, tmp_path):
-    script = (
-        "import sys\n"
-        "sys.modules['tensorrt'] = None; sys.modules['tensorrt_rtx'] = None\n"
-        "from edgeas.cli import main\n"
-        f"sys.argv = ['edgeas', 'build-engine', '--onnx', {str(models['fp32'])!r}, "
-        f"'-o', {str(tmp_path / 'm.engine')!r}]\n"
-        "main()\n"
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=300, cwd=REPO)
+    result = edgeas_without(("tensorrt", "tensorrt_rtx"), "build-engine", "--onnx",
+                            str(models["fp32"]), "-o", str(tmp_path / "m.engine"))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.count("error:") == 1 and "pip install tensorrt" in result.stderr
@@ -175,7 +162,6 @@ def test_engine_builder_runs_with_torch_blocked(models, tmp_path):
     the INT8 calibrator module) with any import of torch failing."""
     engine = tmp_path / "m.engine"
     script = (
-        "import sys; sys.modules['torch'] = None\n"
         f"sys.path.insert(0, {str(REPO / 'tests')!r})\n"
         "from pathlib import Path\n"
         "from test_build_engine_mocks import MockTensorRT10\n"
@@ -188,8 +174,7 @@ def test_engine_builder_runs_with_torch_blocked(models, tmp_path):
         "assert side['build_options']['fp32_layers'] > 0\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=300, cwd=REPO)
+    result = run_without(("torch",), script)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['torch']"  # only the blocking sentinel
     assert engine.read_bytes() == MockTensorRT10.ENGINE

@@ -17,6 +17,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx_graphsurgeon")
 
+from blocked_python import edgeas_without  # noqa: E402
 from test_stream_support import clean_images, hole_images, trained_model_path  # noqa: E402
 
 from edgeas.aggregate import aggregate_batch  # noqa: E402
@@ -29,21 +30,11 @@ from edgeas.errors import CalibrationError, ConfigError  # noqa: E402
 from edgeas.export import verify  # noqa: E402
 from edgeas.preprocess import Recipe, preprocess_bgr  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-# The CLI runs in a subprocess where any import of torch fails: calibration never needs it.
-_CLI = (
-    "import sys\n"
-    "for name in ('torch', 'torchvision', 'tensorrt', 'pycuda'):\n"
-    "    sys.modules[name] = None\n"
-    "from edgeas.cli import main\n"
-    "sys.argv = ['edgeas', *sys.argv[1:]]\n"
-    "main()\n"
-)
-
 
 def edgeas(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", _CLI, *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+    """The CLI in a Python where any import of torch fails: calibration never needs it."""
+    return edgeas_without(("torch", "torchvision", "tensorrt", "pycuda"), *args,
+                          timeout=timeout)
 
 
 def _write(folder: Path, frames, suffix: str = "") -> Path:

@@ -4,9 +4,7 @@ they are imported inside the functions that use them, so the module, `edgeas cal
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
+from blocked_python import run_without
 
 BLOCKED = ("torch", "torchvision", "tensorrt", "tensorrt_rtx", "pycuda", "onnxruntime", "onnx",
            "onnx_graphsurgeon")
@@ -14,10 +12,7 @@ MODULES = ("command", "evalset", "gate", "images", "quantize", "ranges", "trt_ca
 
 
 def test_every_calibration_module_imports_with_the_heavy_packages_blocked():
-    code = textwrap.dedent(f"""
-        import sys
-        for name in {BLOCKED!r}:
-            sys.modules[name] = None  # any import of it raises ImportError
+    run = run_without(BLOCKED, f"""
         for mod in {MODULES!r}:
             __import__("edgeas.calibration." + mod)
         import edgeas.export.trt_calibrator  # shares calibration.images, stays torch-free
@@ -27,23 +22,17 @@ def test_every_calibration_module_imports_with_the_heavy_packages_blocked():
         from edgeas.cli import main
         main()
     """)
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
     assert run.returncode == 0, run.stderr
     assert "--eval-data" in run.stdout and "--allow-drop" in run.stdout
 
 
 def test_missing_onnx_runtime_is_a_one_line_error(tmp_path):
-    code = textwrap.dedent("""
-        import sys
-        sys.modules["onnxruntime"] = None
+    run = run_without(("onnxruntime",), """
         from edgeas.calibration import quantize, ranges
         try:
             quantize.quantize(None, ranges.Ranges("minmax", {}, {}, {}, 0), "qdq")
         except Exception as exc:
             print(type(exc).__name__, exc.hint)
     """)
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("DependencyError") and "pip install" in run.stdout

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-
 import pytest
+from blocked_python import run_without
 
 from edgeas.errors import ArtifactError, DependencyError
 
@@ -16,10 +13,7 @@ MODULES = ("backends", "bench", "command", "cuda_aggregate", "events", "pipeline
 
 
 def test_every_runtime_module_imports_with_the_heavy_packages_blocked():
-    code = textwrap.dedent(f"""
-        import sys
-        for name in {BLOCKED!r}:
-            sys.modules[name] = None  # any import of it raises ImportError
+    run = run_without(BLOCKED, f"""
         import edgeas.runtime
         for mod in {MODULES!r}:
             __import__("edgeas.runtime." + mod)
@@ -30,8 +24,6 @@ def test_every_runtime_module_imports_with_the_heavy_packages_blocked():
         from edgeas.cli import main
         main()
     """)
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
     assert run.returncode == 0, run.stderr
     assert "--serve" in run.stdout and "--max-frames" in run.stdout
 

@@ -8,12 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import cv2
 import numpy as np
 import pytest
+from blocked_python import edgeas_without
 from test_stream_support import (
     MIN_AREA,
     SIZE,
@@ -47,16 +47,7 @@ def clip(tmp_path_factory):
 
 def _stream_without_torch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """`edgeas stream ...` in a Python where torch cannot be imported (a station image)."""
-    code = textwrap.dedent(f"""
-        import sys
-        sys.modules["torch"] = None
-        sys.modules["tensorrt"] = None
-        sys.argv = ["edgeas", "stream", *{list(args)!r}]
-        from edgeas.cli import main
-        main()
-    """)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=timeout)
+    return edgeas_without(("torch", "tensorrt"), "stream", *args, timeout=timeout)
 
 
 def _boxes_hit(regions, mask) -> bool:
