@@ -22,15 +22,17 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from edgeas import calibcache, calibimages
 from edgeas.calibration import evalset as ev
 from edgeas.calibration import gate as gt
 from edgeas.calibration import images as im
 from edgeas.calibration import quantize as qz
 from edgeas.calibration import ranges as rg
-from edgeas.calibration import trt_cache
 from edgeas.errors import ArtifactError, CalibrationError, ConfigError, require
 from edgeas.fileio import atomic_write_bytes, atomic_write_text
+from edgeas.ort import open_session
 from edgeas.preprocess import Recipe
+from edgeas.record import ModelRecord
 
 console = Console(stderr=True, soft_wrap=True)
 CHUNK = 8  # images per ONNX Runtime call (dynamic-batch graphs) and per gate step
@@ -44,7 +46,7 @@ class CalibrateOptions:
     allow_drop: bool = False
     max_pap_drop: float = 1.0
     min_cosine: float = 0.95
-    trt_version: str = trt_cache.DEFAULT_VERSION
+    trt_version: str = calibcache.DEFAULT_VERSION
 
 
 def output_paths(output: Path) -> dict[str, Path]:
@@ -68,7 +70,7 @@ def _check_args(onnx_path: Path, output: Path, opts: CalibrateOptions) -> None:
         raise ConfigError(f"--min-cosine {opts.min_cosine}: expected a value in (0, 1]")
     if not opts.max_pap_drop >= 0.0:
         raise ConfigError(f"--max-pap-drop {opts.max_pap_drop}: expected >= 0 (points)")
-    trt_cache.version_number(opts.trt_version)  # raises on a malformed version
+    calibcache.version_number(opts.trt_version)  # raises on a malformed version
 
 
 def _static_batch(model) -> int | None:
@@ -85,9 +87,7 @@ def _batches(tensors: np.ndarray, batch: int | None) -> Iterator[np.ndarray]:
 
 
 def _session_factory(model_bytes: bytes):
-    from edgeas.export.verify import ort_session
-
-    return ort_session(model_bytes)
+    return open_session(model_bytes, extra="export")
 
 
 def _load(paths: list[Path], recipe: Recipe) -> np.ndarray:
@@ -104,16 +104,18 @@ def _calibrate(model, tensors: np.ndarray, method: str) -> rg.Ranges:
                           lambda n: bar.advance(task, n))
 
 
-def _int8_meta(meta: dict[str, Any], fmt: str, record: dict[str, Any]) -> dict[str, Any]:
-    return dict(meta, precision="int8", calibration=record, quantization=qz.describe(fmt))
+def _int8_record(model_record: ModelRecord, fmt: str, calibration: dict[str, Any]) -> ModelRecord:
+    stage = {"calibration": calibration, "quantization": qz.describe(fmt)}
+    return model_record.with_stage("calibration", stage, precision="int8")
 
 
-def _gate(meta: dict[str, Any], model, written: dict[str, Any], held: np.ndarray,
+def _gate(model_record: ModelRecord, model, written: dict[str, Any], held: np.ndarray,
           opts: CalibrateOptions) -> gt.GateResult:
     sessions = {fmt: _session_factory(written[fmt].SerializeToString()) for fmt in qz.FORMATS}
-    gate = gt.Gate(meta, _session_factory(model.SerializeToString()), sessions)
-    recipe = Recipe.from_metadata(meta)
-    test = ev.index_eval_set(opts.eval_data, meta.get("classes") or ()) if opts.eval_data else None
+    gate = gt.Gate(model_record, _session_factory(model.SerializeToString()), sessions)
+    recipe = model_record.preprocessing
+    test = (ev.index_eval_set(opts.eval_data, model_record.model.classes) if opts.eval_data
+            else None)
     total = len(held) + (len(test) if test else 0)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("accuracy gate: FP32 vs INT8", total=total)
@@ -133,15 +135,15 @@ def _gate(meta: dict[str, Any], model, written: dict[str, Any], held: np.ndarray
     return result
 
 
-def _print_table(report: dict[str, Any], meta: dict[str, Any], has_eval: bool) -> None:
-    levels = [lv["name"] for lv in meta["levels"]]
+def _print_table(report: dict[str, Any], model_record: ModelRecord, has_eval: bool) -> None:
+    levels = list(model_record.model.level_names)
     table = Table(title="INT8 vs FP32 under ONNX Runtime: worst per-image cosine"
                   + ("; pAP and DSC (change in points)" if has_eval else ""),
                   box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ["model", "images", *levels, "map"] + (["pAP", "DSC"] if has_eval else []):
         table.add_column(col, justify="left" if col in ("model", "images") else "right",
                          no_wrap=True)
-    for row in gt.table_rows(report, [lv["output"] for lv in meta["levels"]]):
+    for row in gt.table_rows(report, list(model_record.model.outputs)):
         table.add_row(*(row if has_eval else row[:-2]))
     # piped output would be cut to 80 columns, too few for the cosines
     Console(stderr=True, width=max(console.width, 110)).print(table)
@@ -160,22 +162,22 @@ def _failure_message(failures: list[str]) -> str:
 
 def calibrate_command(onnx_path: Path, images: Path, output: Path,
                       opts: CalibrateOptions) -> dict[str, Any]:
-    from edgeas.artifacts import read_onnx_metadata, sha256_file
-    from edgeas.export.onnx_graph import check, set_metadata
+    from edgeas.artifacts import read_onnx_record, sha256_file
+    from edgeas.onnxio import check, set_metadata
 
     onnx_path, images, output = Path(onnx_path), Path(images), Path(output)
     _check_args(onnx_path, output, opts)
     onnx = require("onnx", "onnx", "export")
     start = time.perf_counter()
-    meta = read_onnx_metadata(onnx_path)
-    if meta.get("precision", "fp32") != "fp32":
-        raise ConfigError(f"--onnx {onnx_path} is a {meta['precision']} model",
+    model_record = read_onnx_record(onnx_path)
+    if model_record.precision != "fp32":
+        raise ConfigError(f"--onnx {onnx_path} is a {model_record.precision} model",
                           hint="calibrate the FP32 model.onnx that `edgeas export` wrote")
-    recipe = Recipe.from_metadata(meta)
-    paths = im.list_images(images, opts.num, images_option="--images", num_option="--num")
-    if len(paths) < im.WARN_IMAGES:
+    recipe = model_record.preprocessing
+    paths = calibimages.list_images(images, opts.num, images_option="--images", num_option="--num")
+    if len(paths) < calibimages.WARN_IMAGES:
         console.print(f"[yellow]warning:[/] {len(paths)} calibration images; "
-                      f">= {im.WARN_IMAGES} are recommended")
+                      f">= {calibimages.WARN_IMAGES} are recommended")
     tensors = _load(paths, recipe)
     image_check = im.check_images(tensors, recipe, paths)
     for warning in image_check.warnings:
@@ -187,14 +189,15 @@ def calibrate_command(onnx_path: Path, images: Path, output: Path,
         raise ArtifactError(f"{onnx_path}: not a readable ONNX model ({exc})") from exc
     ranges = _calibrate(model, tensors[keep], opts.method)
     used = [paths[i] for i in keep[: ranges.images]]
-    record = {"images": ranges.images, "file_list_sha256": im.file_list_sha256(used, images),
+    record = {"images": ranges.images,
+              "file_list_sha256": calibimages.file_list_sha256(used, images),
               "method": opts.method, "held_out": len(hold), "source": str(images)}
     files = output_paths(output)
     written: dict[str, Any] = {}
     for fmt in qz.FORMATS:
         console.print(f"quantizing ({fmt}) ...")
         int8 = qz.quantize(model, ranges, fmt)
-        set_metadata(int8, _int8_meta(meta, fmt, record))
+        set_metadata(int8, _int8_record(model_record, fmt, record).to_json())
         if fmt == "qdq":
             problems = qz.qdq_problems(int8)
             if problems:  # a bug here, not the user's: TensorRT would refuse the file
@@ -203,24 +206,24 @@ def calibrate_command(onnx_path: Path, images: Path, output: Path,
         atomic_write_bytes(files[fmt], int8.SerializeToString())
         written[fmt] = int8
         console.print(f"[green]wrote[/] {files[fmt]}")
-    cache_text, skipped = trt_cache.render(ranges.amax, opts.trt_version)
+    cache_text, skipped = calibcache.render(ranges.amax, opts.trt_version)
     atomic_write_text(files["cache"], cache_text)
-    cache_record = trt_cache.calibrate_record(sha256_file(onnx_path), recipe.input_size, record,
+    cache_record = calibcache.calibrate_record(sha256_file(onnx_path), recipe.input_size, record,
                                               opts.trt_version)
-    atomic_write_text(trt_cache.record_path(files["cache"]),
+    atomic_write_text(calibcache.record_path(files["cache"]),
                       json.dumps(cache_record, indent=2, sort_keys=True))
-    console.print(f"[green]wrote[/] {files['cache']} ({trt_cache.header(opts.trt_version)})")
+    console.print(f"[green]wrote[/] {files['cache']} ({calibcache.header(opts.trt_version)})")
 
-    result = _gate(meta, model, written, tensors[hold], opts)
-    _print_table(result.report, meta, opts.eval_data is not None)
+    result = _gate(model_record, model, written, tensors[hold], opts)
+    _print_table(result.report, model_record, opts.eval_data is not None)
     report = {
         "onnx": str(onnx_path),
         "files": {**{k: str(v) for k, v in files.items()},
-                  "cache_record": str(trt_cache.record_path(files["cache"]))},
+                  "cache_record": str(calibcache.record_path(files["cache"]))},
         "calibration": record, "images": image_check.to_json(),
         "ranges": {"tensors": len(ranges.amax), "method": opts.method},
         "quantization": {fmt: qz.describe(fmt) for fmt in qz.FORMATS},
-        "trt_cache": {"header": trt_cache.header(opts.trt_version),
+        "trt_cache": {"header": calibcache.header(opts.trt_version),
                       "tensors": len(ranges.amax) - len(skipped), "left_out": skipped},
         "gate": result.report, "allow_drop": opts.allow_drop,
         "seconds": round(time.perf_counter() - start, 1),

@@ -2,9 +2,9 @@
 
 `ROOT/CLASS/test/DEFECT/*.png` with masks `ROOT/CLASS/ground_truth/DEFECT/STEM_mask.png`
 (`good` images have none); ROOT may also be one class folder holding `test/`. Written here
-rather than reusing `edgeas.train.data`: calibration depends on the core and the
-torch-free parts of `edgeas.export`, never on the training package, so that it runs on a
-machine that only has the deployment dependencies.
+rather than reusing `edgeas.train.data`: calibration depends on the core only, never on
+the training package, so that it runs on a machine that only has the deployment
+dependencies.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from edgeas import imageio
-from edgeas.calibration.images import IMAGE_SUFFIXES, read_bgr
+from edgeas.calibimages import read_bgr
 from edgeas.errors import DataError
+from edgeas.imageio import IMAGE_SUFFIXES
 from edgeas.preprocess import Recipe, preprocess_bgr
 
 

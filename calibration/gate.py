@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from edgeas.aggregate import aggregate_batch
-from edgeas.export.verify import cosine_per_image, run
 from edgeas.metrics import evaluate
+from edgeas.ort import cosine_per_image, run
+from edgeas.record import ModelRecord
 
 MAP = "anomaly_map"
 METRICS = ("pixel_ap", "dsc", "pixel_auroc", "image_auroc")
@@ -40,11 +41,10 @@ class GateResult:
 class Gate:
     """Accumulates agreement per variant and image set, and maps for the metrics."""
 
-    def __init__(self, meta: dict[str, Any], fp32, variants: dict[str, Any]) -> None:
-        self.outputs = [lv["output"] for lv in meta["levels"]]
-        self.size = tuple(int(v) for v in meta["input_size"])
-        blur = (meta.get("aggregation") or {}).get("blur")
-        self.blur = [tuple(b) for b in blur] if blur else None
+    def __init__(self, record: ModelRecord, fp32, variants: dict[str, Any]) -> None:
+        self.outputs = list(record.model.outputs)
+        self.size = tuple(record.preprocessing.input_size)
+        self.blur = [tuple(b) for b in record.aggregation.blur]
         self.fp32, self.variants = fp32, variants
         self.cos: dict[str, dict[str, dict[str, list[np.ndarray]]]] = {
             v: {s: {} for s in SETS} for v in variants}

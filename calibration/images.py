@@ -1,25 +1,20 @@
-"""Calibration images: which files, their hash, their tensors, and whether they look like
-what the model was trained on. numpy and OpenCV only (no torch, no ONNX Runtime), so
-TensorRT 10's calibrator in `edgeas.export` and `edgeas calibrate` share one list.
+"""Calibration images as tensors, and whether they look like what the model was trained
+on; which files make the set (and its hash) is the core's `edgeas.calibimages`, which
+TensorRT 10's calibrator in `edgeas.export` shares. numpy and OpenCV only.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from edgeas import imageio
-from edgeas.errors import CalibrationError, DataError
-from edgeas.imageio import IMAGE_SUFFIXES
+from edgeas.calibimages import read_bgr
+from edgeas.errors import CalibrationError
 from edgeas.preprocess import Recipe, preprocess_bgr
 
-MIN_IMAGES = 32  # fewer than this gives a calibration that does not generalise
-WARN_IMAGES = 128
 # An image whose pixels vary by less than this many grey levels (std over all pixels and
 # channels) is blank: a lens cap, a dead frame, a constant test card.
 BLANK_STD_LEVELS = 2.0
@@ -30,58 +25,6 @@ LOW_CONTRAST_STD_LEVELS = 8.0
 CLIPPED_FRACTION = 0.5
 HOLDOUT_EVERY = 8  # one image in 8 is kept out of calibration for the accuracy gate
 MIN_HOLDOUT = 4
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def list_images(
-    root: str | os.PathLike,
-    limit: int = 256,
-    *,
-    images_option: str = "--calib-images",
-    num_option: str = "--calib-num",
-) -> list[Path]:
-    """Normal images of a folder, or of a data set root (every class's train/good, or
-    good/); at most `limit`, spread evenly over the sorted list so that every class
-    is represented. The option names only word the errors for the calling command."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"calibration images: {root} is not a folder")
-    files = _images_in(root)
-    if not files:
-        goods = sorted(root.glob("*/train/good")) or [g for g in [root / "good"] if g.is_dir()]
-        files = [p for g in goods for p in _images_in(g)]
-    if not files:
-        raise DataError(
-            f"calibration images: no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} files in {root}, "
-            "nor in its */train/good or good/ folders",
-            hint=f"point {images_option} at normal images of the station",
-        )
-    if limit < 1:
-        raise DataError(f"{num_option} must be >= 1, got {limit}")
-    if len(files) > limit:
-        files = [files[int(i)] for i in np.linspace(0, len(files) - 1, limit).round()]
-    if len(files) < MIN_IMAGES:
-        raise CalibrationError(
-            f"calibration needs at least {MIN_IMAGES} normal images; {root} has {len(files)}",
-            hint=f"add images (>= {WARN_IMAGES} recommended) or use FP16",
-        )
-    return files
-
-
-def file_list_sha256(paths: list[Path], root: str | os.PathLike) -> str:
-    """Hash of the image list: relative paths and contents, in order."""
-    digest = hashlib.sha256()
-    for p in paths:
-        digest.update(os.path.relpath(p, root).replace(os.sep, "/").encode() + b"\0")
-        digest.update(hashlib.sha256(Path(p).read_bytes()).digest())
-    return digest.hexdigest()
-
-
-def read_bgr(path: Path, what: str = "calibration image") -> np.ndarray:
-    return imageio.read_bgr(path, what)
 
 
 def load_tensors(

@@ -2,21 +2,20 @@
 
 `clean_model` folds constants, drops dead nodes, sorts topologically, makes
 attention masks finite and gives every node and tensor a stable name; the
-result is checked with `onnx.checker`. `set_metadata` writes the one edgeas
-JSON document into `metadata_props`.
+result is checked with `onnx.checker` (`edgeas.onnxio.check`, where the
+metadata helpers live too: calibration uses them and may not import export).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from edgeas.errors import ArtifactError, require
-from edgeas.metadata import ONNX_KEY
+from edgeas.onnxio import check
 
 # What replaces -inf in additive attention masks. Finite in FP16 (max 65504), and
 # far below any attention score, so exp() underflows to exactly 0 in FP32 and FP16
@@ -173,33 +172,6 @@ def _version() -> str:
     from edgeas import __version__
 
     return __version__
-
-
-def check(model, what: str) -> None:
-    """onnx.checker with full type and shape inference; errors become ArtifactError."""
-    onnx = _onnx()
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-        raise ArtifactError(f"{what} fails onnx.checker: {first}") from exc
-
-
-def set_metadata(model, meta: dict[str, Any]) -> None:
-    """Store `meta` as one JSON value under the key "edgeas" (replacing an older one)."""
-    kept = [p for p in model.metadata_props if p.key != ONNX_KEY]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    entry = model.metadata_props.add()
-    entry.key = ONNX_KEY
-    entry.value = json.dumps(meta, sort_keys=True)
-
-
-def get_metadata(model) -> dict[str, Any] | None:
-    for p in model.metadata_props:
-        if p.key == ONNX_KEY:
-            return json.loads(p.value)
-    return None
 
 
 def io_signature(model) -> dict[str, list[dict[str, Any]]]:

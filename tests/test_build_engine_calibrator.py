@@ -7,13 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
+from edgeas.calibimages import file_list_sha256, list_images
 from edgeas.errors import CalibrationError, DataError
-from edgeas.export.trt_calibrator import (
-    CalibrationBatches,
-    CalibrationCache,
-    file_list_sha256,
-    list_images,
-)
+from edgeas.export.trt_calibrator import CalibrationBatches, CalibrationCache
 from edgeas.preprocess import IMAGENET_MEAN, IMAGENET_STD, Recipe, preprocess_bgr
 
 

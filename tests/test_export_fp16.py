@@ -11,8 +11,8 @@ pytest.importorskip("onnx_graphsurgeon")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from edgeas import ort  # noqa: E402
 from edgeas.errors import ConfigError  # noqa: E402
-from edgeas.export import verify  # noqa: E402
 from edgeas.export.fp16 import GROUPS, convert_to_fp16, emulate_fp16  # noqa: E402
 from edgeas.export.onnx_graph import MASK_VALUE, clean_model, dead_nodes  # noqa: E402
 
@@ -65,7 +65,7 @@ def _cosine_distance_model() -> onnx.ModelProto:
 
 
 def _run(model, x):
-    return verify.run(verify.ort_session(model.SerializeToString()), x)
+    return ort.run(ort.open_session(model.SerializeToString()), x)
 
 
 def test_keeping_the_cosine_in_fp32_is_what_prevents_fp16_overflow():
@@ -77,7 +77,7 @@ def test_keeping_the_cosine_in_fp32_is_what_prevents_fp16_overflow():
     assert np.max(np.sum(r * r, axis=1) * np.sum(t * t, axis=1)) > 100 * 65504
 
     naive, _ = convert_to_fp16(model, set())
-    broken = verify.accuracy(_run(emulate_fp16(naive), x), ref)["d"]
+    broken = ort.accuracy(_run(emulate_fp16(naive), x), ref)["d"]
     # |r|^2 |t|^2 overflows to inf in FP16: cos -> 0, d -> 1 where it should be ~0
     assert broken["max_abs"] > 0.5
 
@@ -86,7 +86,7 @@ def test_keeping_the_cosine_in_fp32_is_what_prevents_fp16_overflow():
     assert (stats["fp16_nodes"], stats["fp32_nodes"]) == (2, len(model.graph.node) - 2)
     assert stats["kept_fp32"]["tail"] + stats["kept_fp32"]["reduce"] == len(model.graph.node) - 2
     for run in (_run(typed, x), _run(emulate_fp16(typed), x)):
-        acc = verify.accuracy(run, ref)["d"]
+        acc = ort.accuracy(run, ref)["d"]
         assert acc["finite"] and acc["cosine_min"] > 0.9999 and acc["max_abs"] < 1e-3
 
 

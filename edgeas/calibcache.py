@@ -6,6 +6,9 @@ then one line per tensor `<name>: <hex>`, where hex is the big-endian bit patter
 float32 scale = amax / 127. <version> is TensorRT's integer version
 (10.3.0 -> 100300; before 10: 8.6.1 -> 8601); TensorRT refuses a cache whose header
 names another version or another calibrator and calibrates again.
+
+In the core because both INT8 routes read or write it: `edgeas calibrate` writes the
+cache and its record, `edgeas build-engine --calib-cache` (edgeas.export) reuses them.
 """
 
 from __future__ import annotations
