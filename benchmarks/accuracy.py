@@ -213,20 +213,16 @@ def step_seconds(cfgs: dict[str, dict[str, Any]], batch: int, rounds: int = 3) -
 
 def ort_latency(checkpoint: Path, runs: int, warmup: int = 3) -> dict[str, Any]:
     """Export the trained checkpoint with edgeas's exporter; median ORT CPU latency, batch 1."""
-    import onnxruntime as ort
-
     from edgeas.export import verify
     from edgeas.export.command import checkpoint_model
     from edgeas.export.onnx_export import export_model
+    from edgeas.ort import open_session
 
-    model, meta = checkpoint_model(checkpoint)
-    result = export_model(model, meta, batch=1)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
-    session = ort.InferenceSession(
-        result.model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    image = verify.sample_images(meta, 1)
+    model, record = checkpoint_model(checkpoint)
+    result = export_model(model, record, batch=1)
+    session = open_session(result.model.SerializeToString(), threads=THREADS, inter_threads=1,
+                           quiet=False)
+    image = verify.sample_images(record, 1)
     times, load = [], loadavg()
     for i in range(warmup + runs):
         t0 = time.perf_counter()

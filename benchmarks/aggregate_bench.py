@@ -7,8 +7,8 @@ input; smooth low background plus one defect) -> anomaly map and mask at the
 frame size, threshold applied. Timed, interleaved in the same process so both
 see the same machine state (run order alternates every round):
 - fused: `edgeas.aggregate.aggregate(maps, (H, W), tau)` (mode "fused");
-- naive: `naive_aggregate`: four full-size cv2.resize, three multiplies,
-  one compare, every intermediate freshly allocated;
+- naive: `naive_aggregate` (here: a baseline, not part of edgeas): four full-size
+  cv2.resize, three multiplies, one compare, every intermediate freshly allocated;
 - for context, not part of the ratio: the naive steps with reused buffers
   (shows where the gain comes from) and `reference` mode at the frame size.
 """
@@ -19,14 +19,14 @@ import argparse
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 from publish import write_results
 
-from edgeas.aggregate import aggregate, naive_aggregate
+from edgeas.aggregate import aggregate
 
 LEVELS = (112, 56, 28, 14)
 SEED = 0
@@ -45,6 +45,30 @@ def make_maps(seed: int = SEED) -> list[np.ndarray]:
         noise = 0.01 * rng.random((s, s), dtype=np.float32)
         maps.append((0.05 + 0.15 * field + 0.7 * bump + noise).astype(np.float32))
     return maps
+
+
+def naive_aggregate(
+    maps: Sequence[np.ndarray], out_hw: Sequence[int], threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Baseline for the benchmark: four full-size resizes, three multiplies, one compare.
+
+    Same values as `aggregate(..., mode="fused")` (tests/test_aggregate.py checks it),
+    so that the timing compares like with like.
+    """
+    h, w = (int(v) for v in out_hw)
+    levels = [np.ascontiguousarray(np.asarray(m, np.float32).reshape(np.shape(m)[-2:]))
+              for m in maps]
+    ups = [cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m in levels]
+    # The official product order, ((res1 * res4) * res3) * res2: float32 products are
+    # not associative, and the fused path keeps this order.
+    a = ups[0]
+    for i in range(len(ups) - 1, 0, -1):
+        a = a * ups[i]
+    # Round tau up to float32 as the fused path does, so that (a >= t32) == (a >= tau).
+    t32 = np.float32(threshold)
+    if float(t32) < threshold:
+        t32 = np.nextafter(t32, np.float32(np.inf))
+    return a, (a >= t32).astype(np.uint8)
 
 
 def naive_with_buffers(h: int, w: int) -> Callable:

@@ -43,7 +43,8 @@ from edgeas.calibration.command import CalibrateOptions, calibrate_command, outp
 from edgeas.export.command import random_init_model
 from edgeas.export.onnx_export import export_model
 from edgeas.export.torch_graph import ExportGraph
-from edgeas.preprocess import Recipe, preprocess_bgr
+from edgeas.ort import open_session
+from edgeas.preprocess import preprocess_bgr
 from edgeas.train.synth import CLASSES, make_normal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,11 +59,7 @@ RUNNERS = ("torch_eager", "ort_fp32", "ort_int8_qoperator", "ort_int8_qdq")
 
 
 def ort_session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return open_session(path, threads=THREADS, inter_threads=1, quiet=True)
 
 
 def normal_images(folder: Path, count: int, size: int) -> Path:
@@ -95,13 +92,13 @@ def time_runners(runners: dict[str, Any], runs: int) -> dict[str, list[float]]:
 def bench_preset(preset: str, work: Path, runs: int, images: int, budget_s: float) -> dict:
     folder = work / preset
     folder.mkdir(parents=True, exist_ok=True)
-    model, meta = random_init_model(preset)
+    model, record = random_init_model(preset)
     start = time.perf_counter()
-    exported = export_model(model, meta, batch=1, images=2)
+    exported = export_model(model, record, batch=1, images=2)
     fp32 = folder / "model.onnx"
     fp32.write_bytes(exported.model.SerializeToString())
     export_s = time.perf_counter() - start
-    size = int(meta["input_size"][0])
+    size = int(record.preprocessing.input_size[0])
     data = normal_images(folder / "normal", images, size)
 
     start = time.perf_counter()
@@ -111,10 +108,10 @@ def bench_preset(preset: str, work: Path, runs: int, images: int, budget_s: floa
     calibrate_s = time.perf_counter() - start
     files = output_paths(int8)
 
-    recipe = Recipe.from_metadata(meta)
+    recipe = record.preprocessing
     frame = make_normal(sorted(CLASSES)[0], size, np.random.default_rng(SEED + 1))
     x = preprocess_bgr(frame, recipe)[None]
-    graph = ExportGraph(model, False, meta["aggregation"]["blur"]).eval()
+    graph = ExportGraph(model, False, list(record.aggregation.blur)).eval()
     xt = torch.from_numpy(x.copy())
     sessions = {"ort_fp32": ort_session(fp32),
                 "ort_int8_qoperator": ort_session(files["qoperator"]),
@@ -134,7 +131,7 @@ def bench_preset(preset: str, work: Path, runs: int, images: int, budget_s: floa
     p90 = {k: float(np.percentile(v, 90)) for k, v in times.items()}
     gate = report["gate"]["variants"]
     return {
-        "backbone": meta["backbone"],
+        "backbone": record.model.backbone,
         "latency_ms": {k: {"median": round(med[k], 2), "p90": round(p90[k], 2),
                            "runs": len(times[k])} for k in RUNNERS},
         "ratios": {

@@ -33,19 +33,19 @@ from publish import write_results
 
 from edgeas.export.command import random_init_model
 from edgeas.export.onnx_export import export_model
-from edgeas.preprocess import Recipe, preprocess_bgr
+from edgeas.preprocess import preprocess_bgr
 from edgeas.train.synth import CLASSES, make_normal
 
 
 def export_preset(preset: str, folder: Path) -> tuple[Path, np.ndarray]:
     """model.onnx of the preset and one preprocessed normal image for it."""
-    model, meta = random_init_model(preset)
-    exported = export_model(model, meta, batch=1, images=2)
+    model, record = random_init_model(preset)
+    exported = export_model(model, record, batch=1, images=2)
     path = folder / f"{preset}.onnx"
     path.write_bytes(exported.model.SerializeToString())
-    size = int(meta["input_size"][0])
+    size = int(record.preprocessing.input_size[0])
     frame = make_normal(sorted(CLASSES)[0], size, np.random.default_rng(SEED + 1))
-    return path, preprocess_bgr(frame, Recipe.from_metadata(meta))[None]
+    return path, preprocess_bgr(frame, record.preprocessing)[None]
 
 
 def latency_summary(times: list[float]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Per-level maps -> anomaly map, mask and decision (protocol.md section 3).
 
-Two aggregation modes:
+Two aggregation modes (the registry `edgeas.postprocess.AGGREGATION_MODES` names them,
+and its DEFAULT_MODE is every function's default here):
 
 - ``reference``: the official UniAS post-processing, reproduced to float32
   precision (resize to the finest level, half-pixel bilinear; per-level
@@ -18,7 +19,6 @@ work on a bare Jetson image without torch.
 
 from __future__ import annotations
 
-import difflib
 import math
 import threading
 from collections.abc import Sequence
@@ -26,12 +26,11 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from edgeas.errors import ConfigError
+from edgeas.errors import ConfigError, ModelOutputError
 from edgeas.interp import gaussian_blur, resize_bilinear
 from edgeas.interp import out_size as _out_size
-from edgeas.metadata import REFERENCE_BLUR
+from edgeas.postprocess import DEFAULT_MODE, aggregation_mode, check_blur
 
-MODES = ("fused", "reference")
 # Batch chunk for the numpy paths: bounds the temporaries to a few tens of MB.
 _CHUNK = 32
 # Above this many regions to delete, one table lookup over the label image is
@@ -44,10 +43,14 @@ Blur = Sequence[tuple[int, float]]
 # --------------------------------------------------------------------------- checks
 
 
+# Map shapes are what a model produced, not a setting: ModelOutputError (exit 1), while
+# ConfigError stays for the caller's own values (mode, blur, threshold, output size).
+
+
 def _as_levels(maps: Sequence[np.ndarray]) -> list[np.ndarray]:
     """One image's level maps as contiguous float32 (h, w); engine outputs (1, 1, h, w) work."""
     if isinstance(maps, np.ndarray) or len(maps) == 0:
-        raise ConfigError(
+        raise ModelOutputError(
             "maps must be a list of per-level 2-D maps (res1 first)",
             hint="pass [dist_res1, dist_res2, dist_res3, dist_res4]",
         )
@@ -57,7 +60,7 @@ def _as_levels(maps: Sequence[np.ndarray]) -> list[np.ndarray]:
         while a.ndim > 2 and a.shape[0] == 1:
             a = a[0]
         if a.ndim != 2 or a.size == 0:
-            raise ConfigError(
+            raise ModelOutputError(
                 f"map of level res{i + 1} has shape {np.shape(m)}; expected a 2-D (h, w) map"
             )
         levels.append(np.ascontiguousarray(a, dtype=np.float32))
@@ -67,7 +70,7 @@ def _as_levels(maps: Sequence[np.ndarray]) -> list[np.ndarray]:
 def _as_batched_levels(levels: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Per-level (B, h, w) float32 stacks; a 2-D level counts as a batch of one."""
     if isinstance(levels, np.ndarray) or len(levels) == 0:
-        raise ConfigError("levels must be a list of per-level (B, h, w) arrays, res1 first")
+        raise ModelOutputError("levels must be a list of per-level (B, h, w) arrays, res1 first")
     out = []
     for i, m in enumerate(levels):
         a = np.asarray(m, dtype=np.float32)
@@ -76,32 +79,15 @@ def _as_batched_levels(levels: Sequence[np.ndarray]) -> list[np.ndarray]:
         if a.ndim == 2:
             a = a[None]
         if a.ndim != 3 or a.size == 0:
-            raise ConfigError(f"level res{i + 1} has shape {np.shape(m)}; expected (B, h, w)")
+            raise ModelOutputError(f"level res{i + 1} has shape {np.shape(m)}; expected (B, h, w)")
         out.append(a)
     if len({a.shape[0] for a in out}) != 1:
-        raise ConfigError(f"levels have different batch sizes: {[a.shape[0] for a in out]}")
+        raise ModelOutputError(f"levels have different batch sizes: {[a.shape[0] for a in out]}")
     return out
 
 
 def _check_mode(mode: str) -> str:
-    if mode not in MODES:
-        close = difflib.get_close_matches(str(mode), MODES, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"choose one of {', '.join(MODES)}"
-        raise ConfigError(f"unknown aggregation mode '{mode}'", hint=hint)
-    return mode
-
-
-def _check_blur(blur: Blur | None, n_levels: int) -> list[tuple[int, float]]:
-    blur = REFERENCE_BLUR if blur is None else blur
-    pairs = [(int(k), float(s)) for k, s in blur]
-    if len(pairs) != n_levels:
-        raise ConfigError(
-            f"blur has {len(pairs)} (kernel, sigma) pairs but there are {n_levels} levels"
-        )
-    for k, s in pairs:
-        if k < 1 or k % 2 == 0 or not s > 0:
-            raise ConfigError(f"invalid blur (kernel={k}, sigma={s})", hint="odd kernel, sigma > 0")
-    return pairs
+    return aggregation_mode(mode).name
 
 
 def _product_order(n_levels: int) -> list[int]:
@@ -152,7 +138,7 @@ def reference_stages(
     """
     levels = _as_batched_levels(levels)
     h, w = _out_size(out_hw)
-    up, post, product = _reference_small(levels, _check_blur(blur, len(levels)))
+    up, post, product = _reference_small(levels, check_blur(blur, len(levels)))
     amap = resize_bilinear(product, (h, w), align_corners=True)
     out = {f"dist_up_res{i + 1}": u for i, u in enumerate(up)}
     out.update({f"dist_post_res{i + 1}": p for i, p in enumerate(post)})
@@ -168,7 +154,7 @@ def reference_maps_batch(
     """Reference-mode anomaly maps (B, H, W) float32 for per-level (B, h_i, w_i) stacks."""
     levels = _as_batched_levels(levels)
     h, w = _out_size(out_hw)
-    pairs = _check_blur(blur, len(levels))
+    pairs = check_blur(blur, len(levels))
     n = levels[0].shape[0]
     out = np.empty((n, h, w), np.float32)
     for s in range(0, n, _CHUNK):
@@ -180,7 +166,7 @@ def reference_maps_batch(
 def aggregate_batch(
     levels: Sequence[np.ndarray],
     out_hw: Sequence[int],
-    mode: str = "reference",
+    mode: str = DEFAULT_MODE,
     blur: Blur | None = None,
 ) -> np.ndarray:
     """Maps (B, H, W) for per-level (B, h_i, w_i) stacks in either mode (for evaluation).
@@ -254,25 +240,11 @@ def threshold_mask(anomaly_map: np.ndarray, threshold: float) -> np.ndarray:
     return mask
 
 
-def naive_aggregate(
-    maps: Sequence[np.ndarray], out_hw: Sequence[int], threshold: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Baseline for the benchmark: four full-size resizes, three multiplies, one compare."""
-    levels = _as_levels(maps)
-    h, w = _out_size(out_hw)
-    ups = [cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m in levels]
-    order = _product_order(len(levels))
-    a = ups[order[0]]
-    for i in order[1:]:
-        a = a * ups[i]
-    return a, (a >= _float32_threshold(threshold)).astype(np.uint8)
-
-
 def aggregate(
     maps: Sequence[np.ndarray],
     out_hw: Sequence[int],
     threshold: float | None = None,
-    mode: str = "fused",
+    mode: str = DEFAULT_MODE,
     blur: Blur | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Anomaly map (H, W) float32 and mask (H, W) uint8 0/1 (None without a threshold).
@@ -285,7 +257,7 @@ def aggregate(
     else:
         levels = _as_levels(maps)
         h, w = _out_size(out_hw)
-        small = _reference_small([m[None] for m in levels], _check_blur(blur, len(levels)))[2][0]
+        small = _reference_small([m[None] for m in levels], check_blur(blur, len(levels)))[2][0]
         amap = resize_bilinear(
             small, (h, w), True, out=np.empty((h, w), np.float32), scratch=_scratch((h, w))
         )

@@ -1,5 +1,9 @@
 """Read the edgeas metadata of any artifact: checkpoint, ONNX model or TensorRT engine.
 
+`read_record` (and its per-kind variants) give the typed `ModelRecord` every stage
+reads; `read_metadata` gives the file's own JSON object, validated the same way, for
+`edgeas inspect` and for tools that look at the file format itself.
+
 No heavy imports: a checkpoint needs torch (imported only for .pt files), an ONNX
 file is read with a tiny protobuf field scanner (the `onnx` package may be absent on
 a station), and an engine's metadata is its sidecar `<engine>.json`.
@@ -12,14 +16,20 @@ import json
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from edgeas.errors import ArtifactError, require
-from edgeas.metadata import ONNX_KEY, validate_metadata
+from edgeas.errors import ArtifactError, ConfigError, require
+from edgeas.record import ONNX_KEY, ModelRecord
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 # ModelProto field numbers (onnx.proto3): metadata_props = 14; in each
 # StringStringEntryProto, key = 1 and value = 2.
 _METADATA_PROPS = 14
+
+
+def _validated(meta: Any, source: str) -> dict[str, Any]:
+    """The raw JSON object, once it has been proved to parse as a record."""
+    ModelRecord.from_json(meta, source)
+    return meta
 
 
 def sidecar_path(engine: str | Path) -> Path:
@@ -116,7 +126,7 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
         meta = json.loads(props[ONNX_KEY])
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{path}: edgeas metadata is not valid JSON ({exc})") from exc
-    return validate_metadata(meta, str(path))
+    return _validated(meta, str(path))
 
 
 def read_engine_metadata(path: str | Path) -> dict[str, Any]:
@@ -130,7 +140,7 @@ def read_engine_metadata(path: str | Path) -> dict[str, Any]:
         meta = json.loads(side.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{side}: unreadable engine sidecar ({exc})") from exc
-    return validate_metadata(meta, str(side))
+    return _validated(meta, str(side))
 
 
 def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
@@ -140,14 +150,14 @@ def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
     data = load_checkpoint(path)
     if "metadata" not in data:
         raise ArtifactError(f"{path}: the checkpoint holds no edgeas metadata")
-    return validate_metadata(data["metadata"], str(path))
+    return _validated(data["metadata"], str(path))
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata record of a checkpoint (.pt), ONNX model (.onnx) or engine."""
     path = Path(path)
     if not path.is_file():
-        raise ArtifactError(f"file not found: {path}")
+        raise ConfigError(f"file not found: {path}")  # a name the user typed: exit 2
     suffix = path.suffix.lower()
     if suffix in CHECKPOINT_SUFFIXES:
         return read_checkpoint_metadata(path)
@@ -157,7 +167,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         return read_engine_metadata(path)
     if suffix == ".json":
         try:
-            return validate_metadata(json.loads(path.read_text()), str(path))
+            return _validated(json.loads(path.read_text()), str(path))
         except json.JSONDecodeError as exc:
             raise ArtifactError(f"{path}: not valid JSON ({exc})") from exc
     raise ArtifactError(
@@ -165,3 +175,20 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         hint="inspect a checkpoint (.pt), an ONNX model (.onnx) or an engine (.engine "
         "with its .engine.json sidecar)",
     )
+
+
+def read_record(path: str | Path) -> ModelRecord:
+    """The typed record of a checkpoint (.pt), ONNX model (.onnx) or engine."""
+    return ModelRecord.from_json(read_metadata(path), str(path))
+
+
+def read_onnx_record(path: str | Path) -> ModelRecord:
+    return ModelRecord.from_json(read_onnx_metadata(path), str(path))
+
+
+def read_engine_record(path: str | Path) -> ModelRecord:
+    return ModelRecord.from_json(read_engine_metadata(path), str(sidecar_path(path)))
+
+
+def read_checkpoint_record(path: str | Path) -> ModelRecord:
+    return ModelRecord.from_json(read_checkpoint_metadata(path), str(path))

@@ -18,9 +18,15 @@ from typing import Any
 import yaml
 
 from edgeas.errors import ConfigError
+from edgeas.postprocess import (
+    DEFAULT_MODE,
+    DEFAULT_POLICY,
+    aggregation_mode,
+    check_threshold_setting,
+)
 
+T = typing.TypeVar("T")
 PRESET_DIR = Path(__file__).parent / "presets"
-LEVEL_NAMES = ("res1", "res2", "res3", "res4")
 
 
 @dataclass
@@ -87,13 +93,13 @@ class TrainConfig:
 
 @dataclass
 class AggregationConfig:
-    mode: str = "reference"  # reference | fused (protocol.md section 3)
+    mode: str = DEFAULT_MODE  # an entry of edgeas.postprocess.AGGREGATION_MODES
 
 
 @dataclass
 class ThresholdConfig:
-    policy: str = "quantile"  # max | quantile | sigma
-    param: float | None = None  # margin / q / k; None = the policy's default
+    policy: str = DEFAULT_POLICY  # an entry of edgeas.postprocess.THRESHOLD_POLICIES
+    param: float | None = None  # the policy's parameter; None = its default
     min_area: int = 0
 
 
@@ -116,9 +122,7 @@ class EdgeasConfig:
 
 
 AUGMENTATIONS = ("hflip", "vflip", "rot90")
-THRESHOLD_POLICIES = {"max": 1.0, "quantile": 0.999, "sigma": 3.0}
 HEAD_TYPES = ("conv3", "deconv", "upsample")
-AGGREGATION_MODES = ("reference", "fused")
 
 
 def available_presets() -> list[str]:
@@ -129,8 +133,33 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check `value` against the annotation `tp`; ints are accepted for floats."""
+@dataclass(frozen=True)
+class _Where:
+    """Where a value sits: the file (or other source) and the keys down to it, kept apart
+    so that a message reads "FILE: 'train.epochs' must be ..." whatever dots FILE holds."""
+
+    source: str
+    keys: str = ""  # dotted, with [i] for list items; "" at the top level
+    top: str = ""  # what messages call the top level ("the station file"), or nothing
+
+    def key(self, name: Any) -> _Where:
+        return _Where(self.source, f"{self.keys}.{name}" if self.keys else str(name), self.top)
+
+    def item(self, i: int) -> _Where:
+        return _Where(self.source, f"{self.keys}[{i}]", self.top)
+
+    def error(self, expected: str, value: Any) -> ConfigError:
+        subject = f"'{self.keys}' must be" if self.keys else "must be"
+        return ConfigError(f"{self.source}: {subject} {expected}, got {value!r}")
+
+    def __str__(self) -> str:
+        return f"{self.source}: '{self.keys}'" if self.keys else self.source
+
+
+def _coerce(value: Any, tp: Any, where: str | _Where) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted for floats, and whole
+    floats (YAML `2.0`) for ints."""
+    at = where if isinstance(where, _Where) else _Where(where)
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -141,46 +170,47 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, where)
+                return _coerce(value, arg, at)
             except ConfigError as exc:
                 errors.append(exc)
         raise errors[0]
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return _from_dict(tp, value, where)
+            raise at.error("a mapping", value)
+        return _from_dict(tp, value, at)
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+            raise at.error("a list", value)
+        return [_coerce(v, item_tp, at.item(i)) for i, v in enumerate(value)]
     if origin is dict:
         key_tp, val_tp = typing.get_args(tp)
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return {
-            _coerce(k, key_tp, where): _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()
-        }
+            raise at.error("a mapping", value)
+        return {_coerce(k, key_tp, at): _coerce(v, val_tp, at.key(k)) for k, v in value.items()}
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise at.error("a number", value)
         return float(value)
     if tp is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise at.error("a whole number", value)
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            raise at.error("true or false", value)
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise at.error("a string", value)
         return value
-    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
+    raise ConfigError(f"{at}: unsupported type {_type_name(tp)}")
 
 
-def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+def _from_dict(cls: type, data: dict[str, Any], where: str | _Where) -> Any:
+    at = where if isinstance(where, _Where) else _Where(where)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -188,8 +218,10 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(names)}"
-            raise ConfigError(f"{where}: unknown key '{key}'", hint=hint)
-        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+            section = at.keys or at.top
+            raise ConfigError(f"{at.source}: unknown key '{key}'"
+                              + (f" in {section}" if section else ""), hint=hint)
+        kwargs[key] = _coerce(value, hints[key], at.key(key))
     return cls(**kwargs)
 
 
@@ -203,16 +235,31 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path, what: str = "config file") -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{what} not found: {path}") from exc
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        # on one line (errors print as one), with the parser's position when it has one
+        mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+        detail = (f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+                  if mark is not None and problem else str(exc).splitlines()[0])
+        raise ConfigError(f"cannot read {what} {path}: not valid YAML: {detail}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
     return data
+
+
+def load_yaml_dataclass(cls: type[T], path: str | Path, what: str = "config file") -> T:
+    """A YAML file as the dataclass `cls` (sections as nested dataclasses), checked the way
+    configs are: an unknown key names the file and suggests a close one, a value of the
+    wrong type names its key and the value. Ranges and checks across keys are the caller's.
+    `what` names the kind of file in messages ("station file")."""
+    path = Path(path)
+    return _from_dict(cls, _read_yaml(path, what), _Where(str(path), top=f"the {what}"))
 
 
 def _raw_preset(name: str) -> dict[str, Any]:
@@ -326,16 +373,12 @@ def validate(cfg: EdgeasConfig, source: str) -> None:
                 f"{source}: train.augment.{cls}: unknown augmentation {bad[0]!r}",
                 hint=f"known: {', '.join(AUGMENTATIONS)}",
             )
-    if cfg.aggregation.mode not in AGGREGATION_MODES:
-        raise ConfigError(
-            f"{source}: aggregation.mode '{cfg.aggregation.mode}' is not one of "
-            f"{', '.join(AGGREGATION_MODES)}"
-        )
-    if cfg.threshold.policy not in THRESHOLD_POLICIES:
-        raise ConfigError(
-            f"{source}: threshold.policy '{cfg.threshold.policy}' is not one of "
-            f"{', '.join(THRESHOLD_POLICIES)}"
-        )
+    # through the post-processing registries: a bad parameter fails here, at load time
+    aggregation_mode(cfg.aggregation.mode, f"{source}: aggregation.mode")
+    check_threshold_setting(cfg.threshold.policy, cfg.threshold.param, source)
+    if cfg.threshold.min_area < 0:
+        raise ConfigError(f"{source}: threshold.min_area must be >= 0, got "
+                          f"{cfg.threshold.min_area}")
 
 
 def save_config(cfg: EdgeasConfig, path: str | Path) -> None:

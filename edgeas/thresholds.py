@@ -17,70 +17,42 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edgeas.errors import ConfigError
-
-POLICIES = ("max", "quantile", "sigma")
-DEFAULT_POLICY = "quantile"
-DEFAULT_PARAMS: dict[str, float] = {"max": 1.0, "quantile": 0.999, "sigma": 3.0}
-MODES = ("fused", "reference")
-
-
-def effective_param(policy: str, param: float | None) -> float:
-    """The parameter a policy will use (its default when `param` is None), validated."""
-    if policy not in POLICIES:
-        raise ConfigError(
-            f"unknown threshold policy {policy!r}",
-            hint=f"use one of: {', '.join(POLICIES)}",
-        )
-    value = DEFAULT_PARAMS[policy] if param is None else param
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"threshold parameter must be a number, got {param!r}") from None
-    if not math.isfinite(value):
-        raise ConfigError(f"threshold parameter must be finite, got {param!r}")
-    if policy == "quantile" and not 0.0 <= value <= 1.0:
-        raise ConfigError(f"quantile q must be in [0, 1], got {value}", hint="e.g. 0.999")
-    if policy == "max" and value <= 0.0:
-        raise ConfigError(f"margin must be positive, got {value}", hint="e.g. 1.0 or 1.1")
-    return value
+from edgeas.errors import ConfigError, ModelOutputError
 
 
 def threshold_from_normal(
     maps: np.ndarray | Sequence[np.ndarray],
-    policy: str = DEFAULT_POLICY,
+    policy: str = "quantile",
     param: float | None = None,
 ) -> float:
-    """tau from normal anomaly maps ((N, H, W) array or a sequence of 2-D maps)."""
-    value = effective_param(policy, param)
-    arrays = _as_maps(maps)
-    if policy == "max":
-        return float(max(float(a.max()) for a in arrays)) * value
-    if policy == "sigma":
-        image_scores = np.array([a.max() for a in arrays], dtype=np.float64)
-        return float(image_scores.mean() + value * image_scores.std())
-    return _quantile_linear(arrays, value)
+    """tau from normal anomaly maps ((N, H, W) array or a sequence of 2-D maps), by a
+    policy of `edgeas.postprocess.THRESHOLD_POLICIES` (its default param for None)."""
+    from edgeas.postprocess import threshold_policy
+
+    chosen = threshold_policy(policy)
+    value = chosen.check(param)
+    return chosen.fit(_as_maps(maps), value)
 
 
-def threshold_record(
-    value: float | None, policy: str, param: float | None, mode: str
-) -> dict[str, object]:
-    """The metadata entry {value, policy, param, mode}; value None means "unset"."""
-    if mode not in MODES:
-        raise ConfigError(
-            f"unknown aggregation mode {mode!r}", hint=f"use one of: {', '.join(MODES)}"
-        )
-    if value is not None:
-        value = float(value)
-        if not math.isfinite(value):
-            raise ConfigError(f"threshold value must be finite, got {value}")
-    return {"value": value, "policy": policy, "param": effective_param(policy, param), "mode": mode}
+def fit_max(arrays: list[np.ndarray], margin: float) -> float:
+    return float(max(float(a.max()) for a in arrays)) * margin
+
+
+def fit_sigma(arrays: list[np.ndarray], k: float) -> float:
+    image_scores = np.array([a.max() for a in arrays], dtype=np.float64)
+    return float(image_scores.mean() + k * image_scores.std())
+
+
+def fit_quantile(arrays: list[np.ndarray], q: float) -> float:
+    return _quantile_linear(arrays, q)
 
 
 def _as_maps(maps: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
     if isinstance(maps, np.ndarray):
         if maps.ndim < 2:
-            raise ConfigError(f"normal maps must be 2-D or (N, H, W), got shape {maps.shape}")
+            raise ModelOutputError(
+                f"normal maps must be 2-D or (N, H, W), got shape {maps.shape}"
+            )
         arrays = [maps] if maps.ndim == 2 else list(maps.reshape(-1, *maps.shape[-2:]))
     else:
         arrays = [np.asarray(m) for m in maps]
@@ -89,9 +61,16 @@ def _as_maps(maps: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
         raise ConfigError(
             "no normal maps to fit a threshold on", hint="give held-out normal images"
         )
-    for a in arrays:
-        if not np.isfinite(a).all():
-            raise ConfigError("normal maps contain NaN or inf")
+    # Non-finite scores come from the model (or a broken image), not from the user's
+    # settings: a run-time failure, with the count so that one bad pixel is told from a
+    # model that diverged.
+    bad = sum(int(a.size - np.count_nonzero(np.isfinite(a))) for a in arrays)
+    if bad:
+        total = sum(a.size for a in arrays)
+        raise ModelOutputError(
+            f"normal maps contain {bad} NaN or inf value(s) out of {total}",
+            hint="the model produced non-finite scores: check the checkpoint and the images",
+        )
     return arrays
 
 

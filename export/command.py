@@ -21,36 +21,31 @@ def fp16_path(output: Path) -> Path:
 
 
 def random_init_model(config: str):
-    """An untrained model of a preset or YAML, random backbone included, and its metadata
+    """An untrained model of a preset or YAML, random backbone included, and its record
     (threshold unset, no classes): for sizing, benchmarks and tests."""
     import torch
 
     from edgeas.config import load_config
-    from edgeas.metadata import unset_threshold
-    from edgeas.preprocess import Recipe
+    from edgeas.train.checkpoint import model_record
     from edgeas.train.model.unias import build_model
-    from edgeas.train.run import checkpoint_payload
 
     cfg = load_config(config)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, pretrained=False)
-    recipe = Recipe(tuple(cfg.input_size), tuple(model.backbone.mean), tuple(model.backbone.std))
-    threshold = unset_threshold(cfg.threshold.policy, cfg.threshold.param, cfg.aggregation.mode)
-    meta = checkpoint_payload(cfg, model, [], None, threshold, recipe)["metadata"]
-    meta["weights"] = "random-init"
-    return model, meta
+    record = model_record(cfg, model, [], None)
+    return model, record.with_stage("export", {"weights": "random-init"})
 
 
 def checkpoint_model(checkpoint: Path):
-    from edgeas.metadata import config_hash, validate_metadata
+    from edgeas.record import ModelRecord, config_hash
     from edgeas.train.checkpoint import load_checkpoint, model_from_checkpoint
 
     data = load_checkpoint(checkpoint)
     _, model = model_from_checkpoint(data, str(checkpoint))
-    meta = dict(validate_metadata(data.get("metadata"), str(checkpoint)))
-    meta.setdefault("config_sha256", config_hash(data["config"]))
-    meta["weights"] = f"checkpoint {checkpoint.name}"
-    return model, meta
+    record = ModelRecord.from_json(data.get("metadata"), str(checkpoint))
+    if record.train is None:  # checkpoints written before the record had a train stage
+        record = record.with_stage("train", {"config_sha256": config_hash(data["config"])})
+    return model, record.with_stage("export", {"weights": f"checkpoint {checkpoint.name}"})
 
 
 def _check_args(
@@ -99,17 +94,17 @@ def export_command(
     _check_args(checkpoint, config, random_init, output, batch, dynamic_batch, precision, opset)
     start = time.perf_counter()
     if checkpoint is not None:
-        model, meta = checkpoint_model(Path(checkpoint))
+        model, record = checkpoint_model(Path(checkpoint))
     else:
-        model, meta = random_init_model(config)
+        model, record = random_init_model(config)
     result = export_model(
-        model, meta, opset=opset, batch=None if dynamic_batch else (batch or 1),
+        model, record, opset=opset, batch=None if dynamic_batch else (batch or 1),
         with_map=with_map,
     )
     atomic_write_bytes(output, result.model.SerializeToString())
-    st = result.stats
+    st, batch_shown = result.stats, result.record.export["export"]["batch"]
     console.print(
-        f"[green]wrote[/] {output} (opset {opset}, batch {result.meta['export']['batch']}, "
+        f"[green]wrote[/] {output} (opset {opset}, batch {batch_shown}, "
         f"{st['nodes']} nodes after clean-up of {st['nodes_exported']}, "
         f"{st['masks_made_finite']} attention masks made finite) in "
         f"{time.perf_counter() - start:.1f} s"
@@ -130,7 +125,7 @@ def export_command(
         atomic_write_bytes(path16, result.fp16.SerializeToString())
         console.print(f"[green]wrote[/] {path16}")
         written.update(onnx_fp16=str(path16), fp16_accuracy=result.fp16_accuracy)
-    if meta["threshold"].get("value") is None:
+    if not record.threshold.is_set:
         console.print("[yellow]note:[/] the threshold is unset; the runtime will need --threshold")
     console.print(f"next: edgeas build-engine --onnx {output} -o {output.with_suffix('.engine')}")
     return written

@@ -18,12 +18,12 @@ from typing import Any
 
 from rich.console import Console
 
-from edgeas.artifacts import read_onnx_metadata, sha256_file, sidecar_path
+from edgeas.artifacts import read_onnx_record, sha256_file, sidecar_path
 from edgeas.errors import ConfigError, DependencyError, require
 from edgeas.export import trt_build
 from edgeas.export.trt_build import BuildOptions, Flavour, GpuInfo
 from edgeas.fileio import atomic_write_bytes, atomic_write_text
-from edgeas.preprocess import Recipe
+from edgeas.record import ModelRecord
 
 __all__ = ["BuildOptions", "build_engine", "build_engine_command", "prepare_onnx"]
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -37,24 +37,24 @@ class Prepared:
     conversion: dict[str, Any] | None = None
 
 
-def _typed_fp16(onnx_path: Path, meta: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+def _typed_fp16(onnx_path: Path, record: ModelRecord) -> tuple[bytes, dict[str, Any]]:
     """The FP32 ONNX as a typed FP16 graph (float32 I/O), with its metadata updated."""
     onnx = require("onnx", "onnx", "export")
     from edgeas.export.fp16 import convert_to_fp16
-    from edgeas.export.onnx_graph import set_metadata
+    from edgeas.onnxio import set_metadata
 
     model16, stats = convert_to_fp16(onnx.load(str(onnx_path)))
-    set_metadata(model16, dict(meta, precision="fp16"))
+    set_metadata(model16, record.with_stage("export", record.export, precision="fp16").to_json())
     data = model16.SerializeToString()
     info = {"from": "fp32", "to": "fp16", "tool": "edgeas.export.fp16",
             "kept_fp32": stats["kept_fp32"], "typed_onnx_sha256": hashlib.sha256(data).hexdigest()}
     return data, info
 
 
-def prepare_onnx(flavour: Flavour, onnx_path: Path, meta: dict[str, Any], wanted: str | None):
+def prepare_onnx(flavour: Flavour, onnx_path: Path, record: ModelRecord, wanted: str | None):
     """Decide the engine precision and what to parse; strongly typed builders get an
     ONNX whose types already are that precision."""
-    have = str(meta.get("precision", "fp32"))
+    have = record.precision
     want = wanted or have
     if want not in PRECISIONS:
         raise ConfigError(f"--precision {want} is not one of {', '.join(PRECISIONS)}")
@@ -66,7 +66,7 @@ def prepare_onnx(flavour: Flavour, onnx_path: Path, meta: dict[str, Any], wanted
     if not flavour.strongly_typed or want == have:
         return Prepared(onnx_path, want)
     if want == "fp16":
-        data, info = _typed_fp16(onnx_path, meta)
+        data, info = _typed_fp16(onnx_path, record)
         return Prepared(data, want, info)
     raise ConfigError(
         f"{flavour.label} has no INT8 calibrator: it builds INT8 from a Q/DQ ONNX",
@@ -90,16 +90,16 @@ def _static_batch(parsed) -> int:
     return int(parsed.network.get_input(0).shape[0])
 
 
-def _calibrate_cache(flavour, options, meta, parsed, onnx_sha):
+def _calibrate_cache(flavour, options, record: ModelRecord, parsed, onnx_sha):
     """(calibrator, record, cache) reading the cache `edgeas calibrate` wrote, or None when
     --calib-cache is not such a cache. TensorRT then takes the scales from the cache and
     feeds no batch, so no images are needed; a cache it would not accept is refused here,
     because without images TensorRT could not calibrate again."""
-    from edgeas.calibration import trt_cache
+    from edgeas import calibcache
     from edgeas.export import trt_calibrator as tc
 
     path = options.calib_cache
-    made = trt_cache.read_calibrate_record(Path(path)) if path is not None else None
+    made = calibcache.read_calibrate_record(Path(path)) if path is not None else None
     if made is None:
         return None
     if not Path(path).is_file():
@@ -111,7 +111,7 @@ def _calibrate_cache(flavour, options, meta, parsed, onnx_sha):
             hint="pass the model.onnx that `edgeas calibrate --onnx` read, or calibrate again",
         )
     head = Path(path).read_text(errors="replace").split("\n", 1)[0].strip()
-    wanted = trt_cache.header(flavour.version)
+    wanted = calibcache.header(flavour.version)
     if head != wanted:
         raise ConfigError(
             f"--calib-cache {path} starts {head!r}; {flavour.label} reads only {wanted!r}",
@@ -120,7 +120,7 @@ def _calibrate_cache(flavour, options, meta, parsed, onnx_sha):
     if options.calib_images is not None:
         console.print(f"note: --calib-images unused: the scales come from {path}")
     static = _static_batch(parsed)
-    recipe = Recipe.from_metadata(meta)
+    recipe = record.preprocessing
     batches = tc.CalibrationBatches([], recipe, static if static > 0 else options.calib_batch)
     cache = tc.CalibrationCache(path, made)
     calibrator = tc.make_entropy_calibrator(flavour.trt, batches, cache)
@@ -128,19 +128,21 @@ def _calibrate_cache(flavour, options, meta, parsed, onnx_sha):
     return calibrator, dict(record, cache=str(path)), cache
 
 
-def _calibration(flavour, options, meta, parsed, output, onnx_sha, precision):
+def _calibration(flavour, options, record: ModelRecord, parsed, output, onnx_sha, precision):
     """(calibrator, the sidecar's calibration record, the cache), each possibly None."""
     trt = flavour.trt
     if precision != "int8":
         return None, None, None
     if trt_build.has_qdq(trt, parsed.network):
-        return None, {"method": "qdq", **dict(meta.get("calibration") or {})}, None
+        # the scales are in the graph: the calibration is the one that made the Q/DQ ONNX
+        made = (record.calibration or {}).get("calibration") or {}
+        return None, {"method": "qdq", **made}, None
     if flavour.strongly_typed:
         raise ConfigError(
             f"{flavour.label} builds INT8 only from a Q/DQ ONNX, and this one has no Q/DQ nodes",
             hint="use the model.int8.onnx written by `edgeas calibrate`",
         )
-    made = _calibrate_cache(flavour, options, meta, parsed, onnx_sha)
+    made = _calibrate_cache(flavour, options, record, parsed, onnx_sha)
     if made is not None:
         return made
     if options.calib_images is None:
@@ -149,19 +151,21 @@ def _calibration(flavour, options, meta, parsed, output, onnx_sha, precision):
             "written by `edgeas calibrate`, or a Q/DQ ONNX",
             hint="or build FP16; calibrating on anything but normal station images is wrong",
         )
+    from edgeas import calibimages
     from edgeas.export import trt_calibrator as tc
 
-    recipe = Recipe.from_metadata(meta)
-    paths = tc.list_images(options.calib_images, options.calib_num)
-    if len(paths) < tc.WARN_IMAGES:
+    recipe = record.preprocessing
+    paths = calibimages.list_images(options.calib_images, options.calib_num)
+    if len(paths) < calibimages.WARN_IMAGES:
         console.print(f"[yellow]warning:[/] {len(paths)} calibration images; "
-                      f">= {tc.WARN_IMAGES} are recommended")
+                      f">= {calibimages.WARN_IMAGES} are recommended")
     static = _static_batch(parsed)
     # a static graph calibrates at its own batch; a dynamic one at --calib-batch
     batches = tc.CalibrationBatches(paths, recipe, static if static > 0 else options.calib_batch)
     provenance = {
         "method": tc.METHOD, "images": batches.count, "batch": batches.batch,
-        "file_list_sha256": tc.file_list_sha256(paths[: batches.count], options.calib_images),
+        "file_list_sha256": calibimages.file_list_sha256(paths[: batches.count],
+                                                      options.calib_images),
         "onnx_sha256": onnx_sha, "input_size": list(recipe.input_size),
     }
     cache = tc.CalibrationCache(options.calib_cache or output.with_name(output.name + ".calib"),
@@ -184,7 +188,7 @@ def build_engine(
         raise ConfigError(f"--onnx {onnx_path}: file not found")
     if output.resolve() == onnx_path.resolve() or output.suffix == ".json":
         raise ConfigError(f"-o {output}: choose an engine file such as model.engine")
-    meta = read_onnx_metadata(onnx_path)
+    record = read_onnx_record(onnx_path)
     gpu = gpu or trt_build.probe_gpu()
     flavour = flavour or trt_build.detect_flavour("auto", gpu)
     if flavour.name == "tensorrt" and gpu.name is None:
@@ -195,13 +199,13 @@ def build_engine(
             "for RTX GPUs on a CPU",
         )
     onnx_sha = sha256_file(onnx_path)
-    prepared = prepare_onnx(flavour, onnx_path, meta, options.precision)
+    prepared = prepare_onnx(flavour, onnx_path, record, options.precision)
     logger = trt_build.make_logger(flavour.trt, echo=lambda m: console.print(f"[dim]{m}[/]"))
     parsed = trt_build.parse_onnx(flavour, prepared.source, logger, str(onnx_path))
     profile = trt_build.batch_profile(parsed.network, options.min_batch, options.opt_batch,
                                       options.max_batch, str(onnx_path))
-    calibrator, calibration, cache = _calibration(flavour, options, meta, parsed, output, onnx_sha,
-                                           prepared.precision)
+    calibrator, calibration, cache = _calibration(flavour, options, record, parsed, output,
+                                                  onnx_sha, prepared.precision)
     names = None
     if prepared.precision == "fp16" and not flavour.strongly_typed:
         names = _fp32_layer_names(onnx_path)
@@ -220,9 +224,7 @@ def build_engine(
         trt_build.save_timing_cache(config, Path(options.timing_cache))
     if cache is not None:
         calibration["cache_reused"] = cache.reused
-    sidecar = {
-        **meta,
-        "precision": prepared.precision,
+    engine_stage = {
         "tensorrt_version": flavour.version,
         "tensorrt_flavour": flavour.name,
         "gpu": gpu.name,
@@ -239,6 +241,7 @@ def build_engine(
         "build_seconds": round(seconds, 2),
         "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    sidecar = record.with_stage("engine", engine_stage, precision=prepared.precision).to_json()
     save(output, engine, sidecar)
     return sidecar
 

@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgeas import onnxio, ort
 from edgeas.errors import ArtifactError, ConfigError
 from edgeas.export import onnx_graph, verify
 from edgeas.export.torch_graph import ExportGraph, reference_outputs
+from edgeas.record import ModelRecord
 
 FP32_TOLERANCE = 1e-3  # max relative error ONNX Runtime vs PyTorch (issue 4)
 FP16_MIN_COSINE = 0.99  # per map, worst image, typed FP16 vs FP32 under ONNX Runtime
@@ -31,13 +33,13 @@ MIN_OPSET, MAX_OPSET = 17, 20  # 17: LayerNormalization as one op; 20: the expor
 @dataclass
 class ExportResult:
     model: Any  # onnx.ModelProto with metadata
-    meta: dict[str, Any]
+    record: ModelRecord  # what the ONNX file carries
     parity: dict[str, float]  # output -> max relative error vs PyTorch
     stats: dict[str, int]
     images: np.ndarray  # the preprocessed images it was verified on
     outputs: dict[str, np.ndarray]  # ONNX Runtime's outputs on them
     fp16: Any = None
-    fp16_meta: dict[str, Any] | None = None
+    fp16_record: ModelRecord | None = None
     fp16_accuracy: dict[str, dict] = field(default_factory=dict)
     fp16_stats: dict[str, Any] = field(default_factory=dict)
     fp16_failure: ArtifactError | None = None  # set when the FP16 graph misses the gate
@@ -79,26 +81,28 @@ def torch_to_onnx(graph: ExportGraph, example: torch.Tensor, opset: int, dynamic
     return onnx.load_from_string(buffer.getvalue())
 
 
-def export_metadata(
-    meta: dict[str, Any], opset: int, batch: int | None, outputs: list[str], precision: str
-) -> dict[str, Any]:
-    out = dict(meta)
-    out.update(
-        precision=precision,
+def export_record(
+    record: ModelRecord, opset: int, batch: int | None, outputs: list[str],
+    verified: dict[str, Any],
+) -> ModelRecord:
+    """The record with its export stage: what was exported, how, and how it was checked."""
+    stage = dict(record.export or {})  # keeps what the command set (the weights' origin)
+    stage.update(
         opset=opset,
         export={
             "batch": batch if batch is not None else "dynamic",
             "input": "image",
             "outputs": outputs,
             "exporter": f"torch.onnx TorchScript (torch {torch.__version__.split('+')[0]})",
+            "verified": verified,
         },
     )
-    return out
+    return record.with_stage("export", stage, precision="fp32")
 
 
 def export_model(
     model: torch.nn.Module,
-    meta: dict[str, Any],
+    record: ModelRecord,
     opset: int = 17,
     batch: int | None = 1,
     with_map: bool = False,
@@ -108,18 +112,18 @@ def export_model(
     if batch is not None and batch < 1:
         raise ConfigError(f"--batch must be >= 1, got {batch}")
     model.eval()
-    blur = meta.get("aggregation", {}).get("blur")
+    blur = list(record.aggregation.blur)
     graph = ExportGraph(model, with_map, blur).eval()
     # A batch of 2 to trace a dynamic graph: tracing with 1 invites broadcasting
     # shortcuts that only hold for one image.
     n = batch or 2
-    x = verify.sample_images(meta, max(images, n))
+    x = verify.sample_images(record, max(images, n))
     raw = torch_to_onnx(graph, torch.from_numpy(x[:n].copy()), opset, dynamic=batch is None)
     cleaned, stats = onnx_graph.clean_model(raw)
 
     want = reference_outputs(model, x, with_map, blur)
-    got = verify.run(verify.ort_session(cleaned.SerializeToString()), x)
-    parity = {name: verify.relative_error(got[name], want[name]) for name in want}
+    got = ort.run(ort.open_session(cleaned.SerializeToString(), extra="export"), x)
+    parity = {name: ort.relative_error(got[name], want[name]) for name in want}
     bad = {k: v for k, v in parity.items() if not v <= FP32_TOLERANCE}
     if bad:
         name, err = max(bad.items(), key=lambda kv: kv[1])
@@ -129,13 +133,12 @@ def export_model(
             hint="the exported graph is wrong; run with --debug and report the versions "
             "of torch, onnx and onnxruntime",
         )
-    full_meta = export_metadata(meta, opset, batch, graph.output_names, "fp32")
-    full_meta["export"]["verified"] = {
+    exported = export_record(record, opset, batch, graph.output_names, {
         "images": len(x),
         "max_relative_error_vs_pytorch": {k: float(f"{v:.3g}") for k, v in parity.items()},
-    }
-    onnx_graph.set_metadata(cleaned, full_meta)
-    return ExportResult(cleaned, full_meta, parity, stats, x, got)
+    })
+    onnxio.set_metadata(cleaned, exported.to_json())
+    return ExportResult(cleaned, exported, parity, stats, x, got)
 
 
 def add_fp16(result: ExportResult) -> None:
@@ -153,14 +156,14 @@ def add_fp16(result: ExportResult) -> None:
         "fp16_storage_emulation": emulate_fp16(model16),
     }
     acc = {
-        kind: verify.accuracy(
-            verify.run(verify.ort_session(m.SerializeToString()), result.images),
+        kind: ort.accuracy(
+            ort.run(ort.open_session(m.SerializeToString(), extra="export"), result.images),
             result.outputs,
         )
         for kind, m in runs.items()
     }
-    meta16 = dict(result.meta, precision="fp16")
-    meta16["fp16"] = {
+    stage = dict(result.record.export or {})
+    stage["fp16"] = {
         "kept_fp32": stats["kept_fp32"],
         "reference": "the FP32 ONNX under ONNX Runtime",
         "images": len(result.images),
@@ -170,9 +173,10 @@ def add_fp16(result: ExportResult) -> None:
             for kind, per in acc.items()
         },
     }
-    onnx_graph.set_metadata(model16, meta16)
-    onnx_graph.check(model16, "FP16 graph")
-    result.fp16, result.fp16_meta = model16, meta16
+    record16 = result.record.with_stage("export", stage, precision="fp16")
+    onnxio.set_metadata(model16, record16.to_json())
+    onnxio.check(model16, "FP16 graph")
+    result.fp16, result.fp16_record = model16, record16
     result.fp16_accuracy, result.fp16_stats = acc, stats
     worst = min(
         ((kind, name, v) for kind, per in acc.items() for name, v in per.items()

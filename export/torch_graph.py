@@ -105,9 +105,9 @@ class ExportGraph(nn.Module):
         if with_map:
             h, w = model.cfg.input_size
             sizes = [(h // s, w // s) for s in model.backbone.strides]
-            from edgeas.metadata import REFERENCE_BLUR
+            from edgeas.postprocess import OFFICIAL_BLUR
 
-            self.post = ReferenceAggregation(sizes, (h, w), blur or REFERENCE_BLUR)
+            self.post = ReferenceAggregation(sizes, (h, w), blur or OFFICIAL_BLUR)
 
     @property
     def output_names(self) -> list[str]:
@@ -138,9 +138,9 @@ def reference_outputs(
         out = {name: d.numpy() for name, d in zip(DIST_OUTPUTS, dists)}
         if with_map:
             h, w = model.cfg.input_size
-            from edgeas.metadata import REFERENCE_BLUR
+            from edgeas.postprocess import OFFICIAL_BLUR
 
             sizes = [(h // s, w // s) for s in model.backbone.strides]
-            amap, score = ReferenceAggregation(sizes, (h, w), blur or REFERENCE_BLUR)(dists)
+            amap, score = ReferenceAggregation(sizes, (h, w), blur or OFFICIAL_BLUR)(dists)
             out.update(anomaly_map=amap.numpy(), score=score.numpy())
     return out

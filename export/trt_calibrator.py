@@ -5,7 +5,7 @@ have no calibrators: they take the Q/DQ ONNX of `edgeas calibrate`). The parts
 that need no GPU live in plain classes: the image list and its hash, batching with
 the artifact's own preprocessing, and the cache with its provenance record. The
 TensorRT subclass is made by `make_entropy_calibrator` from the imported module,
-with pycuda (imported there) holding the device buffer.
+with the CUDA layer (`edgeas.cuda`, opened there) holding the device buffer.
 """
 
 from __future__ import annotations
@@ -13,24 +13,16 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-# The image list, its hash and the count limits live in the torch-free calibration
-# package, which `edgeas calibrate` shares; re-exported here under their old names.
-from edgeas.calibration import trt_cache
-from edgeas.calibration.images import (  # noqa: F401
-    IMAGE_SUFFIXES,
-    MIN_IMAGES,
-    WARN_IMAGES,
-    _images_in,
-    file_list_sha256,
-    list_images,
-    read_bgr,
-)
-from edgeas.errors import DataError, require
+from edgeas import calibcache
+from edgeas.calibimages import read_bgr
+from edgeas.cuda import CudaApi, open_cuda
+from edgeas.errors import DataError
 from edgeas.fileio import atomic_write_bytes, atomic_write_text
 from edgeas.preprocess import Recipe, preprocess_bgr
 
@@ -80,7 +72,7 @@ class CalibrationCache:
 
     @property
     def record_path(self) -> Path:
-        return trt_cache.record_path(self.path)
+        return calibcache.record_path(self.path)
 
     def read(self) -> bytes | None:
         if not self.path.is_file():
@@ -106,32 +98,36 @@ class CalibrationCache:
 
 
 class _DeviceInput:
-    """One device buffer in the CUDA primary context, which TensorRT's builder uses too."""
+    """One device buffer in the CUDA primary context, which TensorRT's builder uses too.
 
-    def __init__(self, cuda, nbytes: int) -> None:
-        cuda.init()
-        self.cuda = cuda
-        self.context = cuda.Device(0).retain_primary_context()
-        self.context.push()
-        self.memory = cuda.mem_alloc(nbytes)
+    The context stays current on this thread from here to `close()`: TensorRT calls
+    `get_batch` during the build, on the thread that started it.
+    """
+
+    def __init__(self, cuda: CudaApi, nbytes: int) -> None:
+        with ExitStack() as stack:  # a failed allocation pops the context again
+            stack.enter_context(cuda.primary_context().active())
+            self.memory = cuda.alloc(nbytes)
+            self._active = stack.pop_all()
 
     def upload(self, array: np.ndarray) -> int:
-        self.cuda.memcpy_htod(self.memory, array)
-        return int(self.memory)
+        self.memory.copy_from_host(array)
+        return self.memory.ptr
 
     def close(self) -> None:
         self.memory.free()
-        self.context.pop()
+        self._active.close()  # pops the context once; a second close does nothing
 
 
-def make_entropy_calibrator(trt, batches: CalibrationBatches, cache: CalibrationCache, cuda=None):
+def make_entropy_calibrator(trt, batches: CalibrationBatches, cache: CalibrationCache,
+                            cuda: CudaApi | None = None):
     """An instance of a `trt.IInt8EntropyCalibrator2` subclass feeding `batches`.
 
-    `cuda` is pycuda.driver (imported here when not given). Call `.close()` after the
-    build to free the device buffer.
+    `cuda` is the CUDA layer (`open_cuda()` when not given: a DependencyError without
+    pycuda or a GPU). Call `.close()` after the build to free the device buffer.
     """
     if cuda is None:
-        cuda = require("pycuda.driver", "pycuda")
+        cuda = open_cuda()
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -14,14 +17,13 @@ from edgeas.aggregate import (
     decide,
     gaussian_blur,
     image_score,
-    naive_aggregate,
     reference_maps_batch,
     reference_stages,
     remove_small_regions,
     resize_bilinear,
     threshold_mask,
 )
-from edgeas.errors import ConfigError
+from edgeas.errors import ConfigError, ModelOutputError
 
 TOL = 1e-5
 RECORDINGS = ("tensors.npz", "tensors_noise_features.npz")
@@ -136,7 +138,7 @@ def test_resize_and_blur_primitives_match_torch():
 @pytest.mark.parametrize(("shapes", "out_hw"), FUSED_CASES)
 def test_fused_matches_the_torch_oracle(shapes, out_hw):
     levels = _random_levels(np.random.default_rng(len(shapes) + out_hw[0]), shapes)
-    amap, mask = aggregate(levels, out_hw)
+    amap, mask = aggregate(levels, out_hw, mode="fused")
     assert mask is None and amap.dtype == np.float32 and amap.shape == out_hw
     # float64 oracle: the exact value of prod_i bilinear(d_i) at half-pixel centres
     exact = _torch_fused(levels, out_hw, pytest.importorskip("torch").float64)
@@ -152,8 +154,14 @@ def test_fused_matches_the_torch_oracle(shapes, out_hw):
 
 
 def test_naive_baseline_equals_fused():
+    # The baseline lives with its benchmark, not in the package.
+    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if benchmarks not in sys.path:
+        sys.path.insert(0, benchmarks)
+    from aggregate_bench import naive_aggregate
+
     levels = _random_levels(np.random.default_rng(5), FUSED_CASES[0][0])
-    amap, mask = aggregate(levels, (1080, 1920), threshold=2.0)
+    amap, mask = aggregate(levels, (1080, 1920), threshold=2.0, mode="fused")
     base, base_mask = naive_aggregate(levels, (1080, 1920), 2.0)
     assert np.abs(amap - base).max() <= TOL
     assert np.array_equal(mask, base_mask) and 0 < mask.sum() < mask.size
@@ -203,10 +211,25 @@ def test_inputs_and_errors():
         aggregate(levels, (224, 224), mode="reference", blur=[(3, 1.0)])
     with pytest.raises(ConfigError):
         aggregate(levels, (0, 224))
-    with pytest.raises(ConfigError):
+    with pytest.raises(ModelOutputError, match="level res1 has shape"):  # was ConfigError
         aggregate([levels[0][0]], (224, 224))
     with pytest.raises(ConfigError):
         aggregate(levels, (224, 224), threshold=float("nan"))
+
+
+@pytest.mark.parametrize("mode", ["fused", "reference"])
+def test_bad_map_shapes_are_model_output_errors_not_config_errors(mode):
+    """A map of the wrong shape is what a model produced: exit 1, naming level and shape."""
+    levels = _random_levels(np.random.default_rng(3), FUSED_CASES[1][0])
+    bad = [*levels[:2], np.zeros((2, 3, 28, 28), np.float32), levels[3]]
+    with pytest.raises(ModelOutputError, match=r"res3 has shape \(2, 3, 28, 28\)") as info:
+        aggregate(bad, (224, 224), mode=mode)
+    assert not isinstance(info.value, ConfigError) and info.value.exit_code == 1
+    batched = [m[None].repeat(2, axis=0) for m in levels]
+    with pytest.raises(ModelOutputError, match=r"res2 has shape \(2,\); expected \(B, h, w\)"):
+        aggregate_batch([batched[0], np.zeros(2, np.float32), *batched[2:]], (224, 224), mode)
+    with pytest.raises(ModelOutputError, match=r"different batch sizes: \[2, 2, 2, 1\]"):
+        aggregate_batch([*batched[:3], batched[3][:1]], (224, 224), mode)
 
 
 @pytest.mark.parametrize("mode", ["fused", "reference"])

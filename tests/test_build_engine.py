@@ -3,6 +3,7 @@ call sequences against clearly named mocks, the import boundary, and the errors.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -24,8 +25,8 @@ from test_build_engine_mocks import (  # noqa: E402
 from edgeas.artifacts import sha256_file, sidecar_path  # noqa: E402
 from edgeas.errors import ArtifactError, ConfigError, DependencyError  # noqa: E402
 from edgeas.export.engine import BuildOptions, build_engine, prepare_onnx  # noqa: E402
-from edgeas.export.onnx_graph import get_metadata, set_metadata  # noqa: E402
 from edgeas.export.trt_build import Flavour, GpuInfo, parse_onnx, probe_gpu  # noqa: E402
+from edgeas.onnxio import get_metadata, set_metadata  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,15 +47,15 @@ def models(tmp_path_factory):
     from edgeas.export.onnx_export import export_model
 
     folder = tmp_path_factory.mktemp("engine")
-    model, meta = random_init_model("tiny")
-    result = export_model(model, meta, batch=None, images=2)
+    model, record = random_init_model("tiny")
+    result = export_model(model, record, batch=None, images=2)
     fp32 = folder / "model.onnx"
     fp32.write_bytes(result.model.SerializeToString())
     typed, _ = convert_to_fp16(result.model)
-    set_metadata(typed, dict(result.meta, precision="fp16"))
+    set_metadata(typed, dataclasses.replace(result.record, precision="fp16").to_json())
     fp16 = folder / "model.fp16.onnx"
     fp16.write_bytes(typed.SerializeToString())
-    return {"fp32": fp32, "fp16": fp16, "meta": result.meta}
+    return {"fp32": fp32, "fp16": fp16, "record": result.record}
 
 
 SIDECAR_KEYS = {
@@ -119,7 +120,7 @@ def test_rtx_parses_the_fp16_graph_made_from_the_fp32_onnx(models):
     from edgeas.export.trt_build import make_logger, network_io
 
     flavour = _rtx()
-    prepared = prepare_onnx(flavour, models["fp32"], models["meta"], "fp16")
+    prepared = prepare_onnx(flavour, models["fp32"], models["record"], "fp16")
     assert prepared.precision == "fp16" and isinstance(prepared.source, bytes)
     assert prepared.conversion["kept_fp32"]["tail"] > 0
     parsed = parse_onnx(flavour, prepared.source, make_logger(flavour.trt), "converted")
@@ -137,7 +138,7 @@ def test_rtx_parser_error_names_the_node(models, tmp_path):
         [onnx.helper.make_tensor_value_info("dist_res1", f, [1, 3, 8, 8])],
     )
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
-    set_metadata(model, models["meta"])
+    set_metadata(model, models["record"].to_json())
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(model.SerializeToString())
     with pytest.raises(ArtifactError) as err:
@@ -265,8 +266,8 @@ def _write_images(folder: Path, count: int, seed: int = 0) -> None:
 def test_mock_tensorrt10_int8_calibrates_on_normal_images_and_reuses_only_a_matching_cache(
     models, tmp_path, monkeypatch
 ):
-    from edgeas.export.trt_calibrator import list_images
-    from edgeas.preprocess import Recipe, preprocess_bgr
+    from edgeas.calibimages import list_images
+    from edgeas.preprocess import preprocess_bgr
 
     cuda = MockPycudaDriver()
     monkeypatch.setitem(sys.modules, "pycuda", cuda.package)
@@ -283,7 +284,7 @@ def test_mock_tensorrt10_int8_calibrates_on_normal_images_and_reuses_only_a_matc
     assert side["calibration"]["images"] == 32 and side["calibration"]["method"] == "entropy2"
     assert side["calibration"]["cache_reused"] is False
     assert [c[1][0] for c in trt.calls if c[0] == "set_flag"] == ["FP16", "INT8"]
-    recipe = Recipe.from_metadata(models["meta"])
+    recipe = models["record"].preprocessing
     import cv2
 
     first = np.stack([preprocess_bgr(cv2.imread(str(p)), recipe)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -20,14 +19,13 @@ pytest.importorskip("onnx_graphsurgeon")
 from blocked_python import edgeas_without  # noqa: E402
 from test_stream_support import clean_images, hole_images, trained_model_path  # noqa: E402
 
+from edgeas import calibcache, calibimages, ort  # noqa: E402
 from edgeas.aggregate import aggregate_batch  # noqa: E402
 from edgeas.artifacts import read_onnx_metadata  # noqa: E402
 from edgeas.calibration import images as im  # noqa: E402
 from edgeas.calibration import quantize as qz  # noqa: E402
-from edgeas.calibration import trt_cache  # noqa: E402
 from edgeas.calibration.command import CalibrateOptions, calibrate_command  # noqa: E402
 from edgeas.errors import CalibrationError, ConfigError  # noqa: E402
-from edgeas.export import verify  # noqa: E402
 from edgeas.preprocess import Recipe, preprocess_bgr  # noqa: E402
 
 
@@ -152,14 +150,14 @@ def test_cpu_model_runs_in_onnx_runtime_and_agrees_with_fp32(trained, calibrated
     images = np.stack([preprocess_bgr(f, recipe) for f in frames])
     cpu = onnx.load(str(calibrated["cpu"]))
     assert sum(n.op_type == "QLinearConv" for n in cpu.graph.node) > 50
-    want = verify.run(verify.ort_session(trained.read_bytes()), images)
-    got = verify.run(verify.ort_session(cpu.SerializeToString()), images)
+    want = ort.run(ort.open_session(trained.read_bytes()), images)
+    got = ort.run(ort.open_session(cpu.SerializeToString()), images)
     outputs = [lv["output"] for lv in meta["levels"]]
     for name in outputs:
-        assert verify.cosine_per_image(got[name], want[name]).min() > 0.9, name
+        assert ort.cosine_per_image(got[name], want[name]).min() > 0.9, name
     maps = [aggregate_batch([out[n][:, 0] for n in outputs], recipe.input_size, "reference")
             for out in (got, want)]
-    assert verify.cosine_per_image(*maps).min() > 0.9
+    assert ort.cosine_per_image(*maps).min() > 0.9
 
 
 def test_metadata_travels_into_both_int8_models(trained, folders, calibrated):
@@ -175,15 +173,15 @@ def test_metadata_travels_into_both_int8_models(trained, folders, calibrated):
         assert calib["method"] == "entropy" and calib == report["calibration"]
         assert meta["quantization"]["format"] == fmt
     # the hash names exactly the images calibration used: all but the held-out ones
-    paths = im.list_images(folders["normal"])
+    paths = calibimages.list_images(folders["normal"])
     keep, hold = im.split_holdout(len(paths))
     assert calib["images"] == len(keep) and calib["held_out"] == len(hold)
-    want = im.file_list_sha256([paths[i] for i in keep], folders["normal"])
+    want = calibimages.file_list_sha256([paths[i] for i in keep], folders["normal"])
     assert calib["file_list_sha256"] == want
 
 
 def test_cache_parses_and_holds_the_scales_of_the_qdq_model(trained, calibrated):
-    head, scales = trt_cache.parse(calibrated["cache"].read_text())
+    head, scales = calibcache.parse(calibrated["cache"].read_text())
     assert head == "TRT-100300-EntropyCalibration2"
     fp32 = onnx.load(str(trained))
     tensors = {i.name for i in fp32.graph.input} | {o for n in fp32.graph.node for o in n.output}
@@ -203,14 +201,15 @@ def test_cache_parses_and_holds_the_scales_of_the_qdq_model(trained, calibrated)
 def _mock_trt10_build(onnx_path: Path, engine: Path, cache: Path, monkeypatch, version="10.3.0"):
     """build-engine INT8 on the TensorRT 10 mock (a mock: it proves the call sequence and the
     cache handling, nothing about TensorRT itself), with no calibration images."""
-    from test_build_engine_mocks import MockPycudaDriver, MockTensorRT10
+    from fake_cuda import FakeCuda
+    from test_build_engine_mocks import MockTensorRT10
 
+    from edgeas.export import trt_calibrator
     from edgeas.export.engine import BuildOptions, build_engine
     from edgeas.export.trt_build import Flavour, GpuInfo
 
-    cuda = MockPycudaDriver()
-    monkeypatch.setitem(sys.modules, "pycuda", cuda.package)
-    monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
+    cuda = FakeCuda()  # a stand-in for the CUDA layer: records the uploads, needs no GPU
+    monkeypatch.setattr(trt_calibrator, "open_cuda", lambda device=0: cuda)
     trt = MockTensorRT10(version)
     side = build_engine(onnx_path, engine, BuildOptions(precision="int8", calib_cache=cache),
                         Flavour("tensorrt", trt, version), GpuInfo("Orin (mock)", "8.7"))
@@ -222,7 +221,7 @@ def test_mock_tensorrt10_build_engine_reuses_the_cache_of_calibrate_without_imag
 ):
     from edgeas.artifacts import sha256_file
 
-    record = json.loads(trt_cache.record_path(calibrated["cache"]).read_text())
+    record = json.loads(calibcache.record_path(calibrated["cache"]).read_text())
     report = json.loads(calibrated["report"].read_text())
     assert record["made_by"] == "edgeas calibrate" and record["onnx_sha256"] == sha256_file(trained)
     assert record["header"] == calibrated["cache"].read_text().splitlines()[0]
@@ -244,11 +243,11 @@ def test_a_cache_of_calibrate_is_refused_for_another_onnx_or_tensorrt_version(
 ):
     cache = tmp_path / "model.int8.cache"
     cache.write_bytes(calibrated["cache"].read_bytes())
-    record = json.loads(trt_cache.record_path(calibrated["cache"]).read_text())
-    trt_cache.record_path(cache).write_text(json.dumps(dict(record, onnx_sha256="0" * 64)))
+    record = json.loads(calibcache.record_path(calibrated["cache"]).read_text())
+    calibcache.record_path(cache).write_text(json.dumps(dict(record, onnx_sha256="0" * 64)))
     with pytest.raises(ConfigError, match="calibrated on another ONNX"):
         _mock_trt10_build(trained, tmp_path / "a.engine", cache, monkeypatch)
-    trt_cache.record_path(cache).write_text(json.dumps(record))
+    calibcache.record_path(cache).write_text(json.dumps(record))
     with pytest.raises(ConfigError, match="TRT-100300-EntropyCalibration2") as info:
         _mock_trt10_build(trained, tmp_path / "b.engine", cache, monkeypatch, version="10.7.0")
     assert "--trt-version 10.7.0" in info.value.hint
@@ -257,15 +256,15 @@ def test_a_cache_of_calibrate_is_refused_for_another_onnx_or_tensorrt_version(
 
 def test_cache_format_round_trips_exactly():
     amax = {"image": 1.0, "a/b:0": 0.3, "name: with colon": 7.25, "zero": 0.0}
-    text, skipped = trt_cache.render(amax, "10.3.0")
+    text, skipped = calibcache.render(amax, "10.3.0")
     lines = text.splitlines()
     assert lines[0] == "TRT-100300-EntropyCalibration2" and skipped == ["zero"]
     assert "image: 3c010204" in lines  # 1/127 as big-endian float32 bits
-    head, scales = trt_cache.parse(text)
+    head, scales = calibcache.parse(text)
     assert head == lines[0]
     assert scales == {k: float(np.float32(v / 127.0)) for k, v in amax.items() if v}
-    assert trt_cache.header("8.6.1") == "TRT-8601-EntropyCalibration2"
-    assert trt_cache.version_number("10.13.2") == 101302
+    assert calibcache.header("8.6.1") == "TRT-8601-EntropyCalibration2"
+    assert calibcache.version_number("10.13.2") == 101302
 
 
 # --------------------------------------------------------------------------- the gate

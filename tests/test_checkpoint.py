@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from edgeas.errors import ArtifactError
+from edgeas.errors import ArtifactError, ConfigError
 from edgeas.train.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -37,8 +37,9 @@ def test_not_an_edgeas_checkpoint(tmp_path):
     torch.save({"state_dict": {}}, path)
     with pytest.raises(ArtifactError, match="not an edgeas checkpoint"):
         load_checkpoint(path)
-    with pytest.raises(ArtifactError, match="not found"):
+    with pytest.raises(ConfigError, match="not found") as missing:  # a typed name: exit 2
         load_checkpoint(tmp_path / "missing.pt")
+    assert missing.value.exit_code == 2
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):

@@ -50,7 +50,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     from edgeas.train.model.unias import build_model
     from edgeas.train.trainer import Trainer
 
-    info = init_from_env(torch.device("cpu"))
+    info, _ = init_from_env(torch.device("cpu"))
     torch.manual_seed(0)
     cfg = _config()
     trainer = Trainer(cfg, build_model(cfg), torch.device("cpu"), info)

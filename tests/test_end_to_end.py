@@ -19,6 +19,7 @@ def _edgeas(*args: str):
 def test_synth_train_eval_beats_untrained(tmp_path):
     from edgeas.config import config_from_dict
     from edgeas.metrics import metric_names
+    from edgeas.record import ModelRecord
     from edgeas.train.checkpoint import load_checkpoint
     from edgeas.train.evaluate import compute_metrics, predict_test_set
     from edgeas.train.model.unias import build_model
@@ -45,7 +46,8 @@ def test_synth_train_eval_beats_untrained(tmp_path):
     stored = load_checkpoint(run / "last.pt")
     torch.manual_seed(0)
     untrained = build_model(config_from_dict(stored["config"]))
-    base = compute_metrics(predict_test_set(untrained, stored["metadata"], Path(data)), None)
+    record = ModelRecord.from_json(stored["metadata"], "last.pt")
+    base = compute_metrics(predict_test_set(untrained, record, Path(data)), None)
     trained_pap, untrained_pap = result["mean"]["pixel_ap"], base["mean"]["pixel_ap"]
     print(f"pAP trained {trained_pap:.4f} vs untrained {untrained_pap:.4f}")
     assert not math.isnan(trained_pap)

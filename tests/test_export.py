@@ -14,10 +14,13 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx_graphsurgeon")
 
+from edgeas import ort  # noqa: E402
 from edgeas.aggregate import aggregate_batch  # noqa: E402
 from edgeas.errors import ConfigError  # noqa: E402
 from edgeas.export import verify  # noqa: E402
-from edgeas.export.onnx_graph import dead_nodes, get_metadata, io_signature  # noqa: E402
+from edgeas.export.onnx_graph import dead_nodes, io_signature  # noqa: E402
+from edgeas.onnxio import get_metadata  # noqa: E402
+from edgeas.record import ModelRecord  # noqa: E402
 
 DISTS = ["dist_res1", "dist_res2", "dist_res3", "dist_res4"]
 SIZES = [112, 56, 28, 14]
@@ -70,9 +73,9 @@ def test_onnx_runtime_matches_pytorch_with_a_batch_of_two(exported, tiny_model):
     model, meta = tiny_model  # same preset and seed as the exported file
     images = verify.sample_images(meta, 2, seed=7)
     model_onnx = onnx.load(str(exported["fp32"]))
-    got = verify.run(verify.ort_session(model_onnx.SerializeToString()), images)
+    got = ort.run(ort.open_session(model_onnx.SerializeToString()), images)
     want = reference_outputs(model, images, with_map=True)
-    errors = {k: verify.relative_error(got[k], want[k]) for k in want}
+    errors = {k: ort.relative_error(got[k], want[k]) for k in want}
     assert all(got[k].shape[0] == 2 for k in got)
     assert max(errors.values()) <= 1e-3, errors
     # and the export verified itself on its own images
@@ -81,9 +84,9 @@ def test_onnx_runtime_matches_pytorch_with_a_batch_of_two(exported, tiny_model):
 
 
 def test_anomaly_map_is_the_numpy_reference_of_the_dist_outputs_and_score_its_max(exported):
-    meta = get_metadata(onnx.load(str(exported["fp32"])))
-    images = verify.sample_images(meta, 2, seed=11)
-    out = verify.run(verify.ort_session(exported["fp32"].read_bytes()), images)
+    record = ModelRecord.from_json(get_metadata(onnx.load(str(exported["fp32"]))), "fp32")
+    images = verify.sample_images(record, 2, seed=11)
+    out = ort.run(ort.open_session(exported["fp32"].read_bytes()), images)
     ref = aggregate_batch([out[d] for d in DISTS], (224, 224), "reference")
     assert np.max(np.abs(out["anomaly_map"][:, 0] - ref)) <= 1e-5
     assert np.allclose(out["score"], out["anomaly_map"].reshape(2, -1).max(axis=1), atol=1e-7)
@@ -110,12 +113,12 @@ def test_fp16_graph_is_accurate_under_onnx_runtime_and_emulated_fp16(exported):
     m32, m16 = onnx.load(str(exported["fp32"])), onnx.load(str(exported["fp16"]))
     f16 = onnx.TensorProto.FLOAT16
     assert sum(t.data_type == f16 for t in m16.graph.initializer) > 100
-    images = verify.sample_images(get_metadata(m32), 3, seed=5)
-    ref = verify.run(verify.ort_session(m32.SerializeToString()), images)
+    images = verify.sample_images(ModelRecord.from_json(get_metadata(m32), "m32"), 3, seed=5)
+    ref = ort.run(ort.open_session(m32.SerializeToString()), images)
     for model in (m16, emulate_fp16(m16)):
-        got = verify.run(verify.ort_session(model.SerializeToString()), images)
+        got = ort.run(ort.open_session(model.SerializeToString()), images)
         assert all(v.dtype == np.float32 for v in got.values())
-        acc = verify.accuracy(got, ref)
+        acc = ort.accuracy(got, ref)
         for name in [*DISTS, "anomaly_map"]:
             assert acc[name]["finite"] and acc[name]["cosine_min"] >= 0.99, (name, acc[name])
 
@@ -142,7 +145,8 @@ def test_static_batch_export_of_a_checkpoint_keeps_its_metadata(tmp_path, tiny_m
     from edgeas.export.command import export_command
     from edgeas.train.checkpoint import save_checkpoint
 
-    model, meta = tiny_model
+    model, record = tiny_model
+    meta = record.to_json()
     meta = dict(meta, classes=["bottle"], threshold=dict(meta["threshold"], value=0.25))
     ckpt = tmp_path / "last.pt"
     save_checkpoint(ckpt, {"config": model.cfg.to_dict(), "metadata": meta,

@@ -10,18 +10,20 @@ import numpy as np
 import pytest
 
 from edgeas.artifacts import onnx_metadata_props, read_metadata, sidecar_path
-from edgeas.errors import ArtifactError
-from edgeas.metadata import ONNX_KEY, build_metadata, unset_threshold
+from edgeas.errors import ArtifactError, ConfigError
+from edgeas.postprocess import make_threshold, postprocessing
 from edgeas.preprocess import LITE_MEAN, LITE_STD, Recipe
+from edgeas.record import ONNX_KEY, new_record
 
 
 def _meta() -> dict:
-    return build_metadata(
+    return new_record(
         preset="tiny", backbone="efficientnet_lite0",
-        recipe=Recipe((224, 224), LITE_MEAN, LITE_STD).to_metadata(), strides=[2, 4, 8, 16],
-        aggregation_mode="reference", threshold=unset_threshold(), min_area=0,
+        recipe=Recipe((224, 224), LITE_MEAN, LITE_STD), strides=[2, 4, 8, 16],
+        postprocess=postprocessing("reference", make_threshold(None, "quantile", None,
+                                                               "reference")),
         classes=["bottle", "cable"], data_fingerprint="abc", config={"preset": "tiny"},
-    )
+    ).to_json()
 
 
 def _inspect(path) -> subprocess.CompletedProcess:
@@ -96,7 +98,7 @@ def test_artifacts_without_metadata_are_clear_errors(tmp_path):
     other.write_text("hello")
     with pytest.raises(ArtifactError, match="unknown kind of artifact"):
         read_metadata(other)
-    with pytest.raises(ArtifactError, match="file not found"):
+    with pytest.raises(ConfigError, match="file not found"):
         read_metadata(tmp_path / "missing.onnx")
     broken = tmp_path / "bad.onnx"
     broken.write_bytes(_onnx_file(tmp_path, {ONNX_KEY: "{not json"}, "b.onnx").read_bytes())

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from test_stream_support import hole_images, trained_model_path
 
-from edgeas.metadata import REFERENCE_BLUR
+from edgeas.postprocess import OFFICIAL_BLUR
 from edgeas.runtime import aggregate, decide, open_backend, remove_small_regions
 from edgeas.runtime.preprocess import Preprocessor
 
@@ -36,7 +36,7 @@ def torch_reference(maps, out_hw) -> np.ndarray:
     size = t[0].shape[-2:]
     up = [t[0]] + [F.interpolate(x, size=size, mode="bilinear", align_corners=False)
                    for x in t[1:]]
-    post = [_blur(u, k, s) for u, (k, s) in zip(up, REFERENCE_BLUR)]
+    post = [_blur(u, k, s) for u, (k, s) in zip(up, OFFICIAL_BLUR)]
     product = post[0] * post[3] * post[2] * post[1]
     return F.interpolate(product, size=out_hw, mode="bilinear", align_corners=True)[0, 0].numpy()
 
@@ -47,7 +47,7 @@ def real(tmp_path_factory):
     backend = open_backend(trained_model_path(tmp_path_factory))
     image, mask = hole_images(1)[0]
     maps = backend.infer(Preprocessor(backend.recipe)(image)[None])
-    return [m[0] for m in maps], mask, backend.metadata
+    return [m[0] for m in maps], mask, backend.record
 
 
 @pytest.mark.parametrize("out_hw", [(224, 224), (1080, 1920), (300, 400)])

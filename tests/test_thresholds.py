@@ -5,13 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeas.errors import ConfigError
-from edgeas.thresholds import (
-    DEFAULT_PARAMS,
-    DEFAULT_POLICY,
-    threshold_from_normal,
-    threshold_record,
-)
+from edgeas.errors import ConfigError, ModelOutputError
+from edgeas.postprocess import DEFAULT_POLICY, THRESHOLD_POLICIES, make_threshold
+from edgeas.thresholds import threshold_from_normal
 
 
 def normal_maps(seed: int, n: int = 9, h: int = 17, w: int = 13) -> np.ndarray:
@@ -27,7 +23,7 @@ def test_quantile_equals_numpy_linear(seed: int, q: float) -> None:
 
 
 def test_quantile_is_the_default_and_handles_ties() -> None:
-    assert DEFAULT_POLICY == "quantile" and DEFAULT_PARAMS["quantile"] == 0.999
+    assert DEFAULT_POLICY == "quantile" and THRESHOLD_POLICIES["quantile"].param.default == 0.999
     maps = np.round(normal_maps(5, n=20) * 8) / 8  # few distinct values
     got = threshold_from_normal(maps)
     assert isinstance(got, float)
@@ -69,7 +65,6 @@ def test_sequence_of_maps_of_different_sizes() -> None:
         (np.zeros((2, 3, 3)), "quantile", 1.5),  # q out of range
         (np.zeros((2, 3, 3)), "max", 0.0),  # margin not positive
         (np.zeros((2, 3, 3)), "sigma", float("nan")),
-        (np.full((2, 3, 3), np.nan), "quantile", None),  # NaN scores
     ],
 )
 def test_bad_input_raises_config_error(maps, policy: str, param: float | None) -> None:
@@ -78,13 +73,35 @@ def test_bad_input_raises_config_error(maps, policy: str, param: float | None) -
     assert info.value.exit_code == 2
 
 
+@pytest.mark.parametrize(
+    "maps",
+    [
+        np.full((2, 3, 3), np.nan),  # NaN scores (this case expected ConfigError before)
+        [np.zeros((3, 3)), np.array([[0.0, np.inf], [-np.inf, 1.0]])],
+        np.zeros(5),  # not a map
+    ],
+)
+def test_bad_model_output_is_a_model_output_error(maps) -> None:
+    """What the model produced is a run-time failure (exit 1), not the user's config."""
+    with pytest.raises(ModelOutputError) as info:
+        threshold_from_normal(maps, "quantile", None)
+    assert not isinstance(info.value, ConfigError) and info.value.exit_code == 1
+
+
+def test_non_finite_maps_are_counted() -> None:
+    maps = np.zeros((2, 3, 3))
+    maps[0, 0, 0], maps[1, 2, :2] = np.nan, np.inf
+    with pytest.raises(ModelOutputError, match="3 NaN or inf value"):
+        threshold_from_normal(maps)
+
+
 def test_threshold_record_fills_default_param() -> None:
-    rec = threshold_record(np.float32(0.25), "quantile", None, "fused")
+    rec = make_threshold(np.float32(0.25), "quantile", None, "fused").to_json()
     assert rec == {"value": 0.25, "policy": "quantile", "param": 0.999, "mode": "fused"}
     assert type(rec["value"]) is float
-    assert threshold_record(0.3, "sigma", 2, "reference")["param"] == 2.0
-    assert threshold_record(None, "max", None, "reference")["value"] is None  # unset
+    assert make_threshold(0.3, "sigma", 2, "reference").param == 2.0
+    assert make_threshold(None, "max", None, "reference").value is None  # unset
     with pytest.raises(ConfigError):
-        threshold_record(0.3, "max", None, "blurred")
+        make_threshold(0.3, "max", None, "blurred")
     with pytest.raises(ConfigError):
-        threshold_record(0.3, "nope", None, "fused")
+        make_threshold(0.3, "nope", None, "fused")

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from edgeas.errors import ArtifactError
+from edgeas.errors import ArtifactError, ConfigError
 from edgeas.fileio import atomic_write_bytes
 
 FORMAT = "edgeas-checkpoint"
@@ -27,7 +27,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise ArtifactError(f"checkpoint not found: {path}")
+        raise ConfigError(f"checkpoint not found: {path}")  # a name the user typed: exit 2
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -46,6 +46,42 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if data.get("schema", 0) > SCHEMA:
         raise ArtifactError(f"{path}: checkpoint schema {data['schema']} is newer than this edgeas")
     return data
+
+
+def model_recipe(cfg, model):
+    """The preprocessing recipe of a built model: its input size and its backbone's
+    normalisation (the one place training, import and export read it from)."""
+    from edgeas.preprocess import Recipe
+
+    return Recipe(tuple(cfg.input_size), tuple(model.backbone.mean), tuple(model.backbone.std))
+
+
+def model_record(cfg, model, classes: list[str], fingerprint: str | None, threshold=None):
+    """The ModelRecord of a trained, imported or untrained model; `threshold` None = unset
+    (policy, parameter and mode taken from the config)."""
+    from edgeas.postprocess import make_threshold, postprocessing
+    from edgeas.record import new_record
+
+    if threshold is None:
+        threshold = make_threshold(None, cfg.threshold.policy, cfg.threshold.param,
+                                   cfg.aggregation.mode)
+    return new_record(
+        preset=cfg.preset,
+        backbone=cfg.backbone.name,
+        recipe=model_recipe(cfg, model),
+        strides=list(model.backbone.strides),
+        postprocess=postprocessing(cfg.aggregation.mode, threshold, cfg.threshold.min_area),
+        classes=list(classes),
+        data_fingerprint=fingerprint,
+        config=cfg.to_dict(),
+    )
+
+
+def checkpoint_payload(cfg, model, classes: list[str], fingerprint: str | None,
+                       threshold=None) -> dict[str, Any]:
+    """The config and the record as a checkpoint stores them (plain values only)."""
+    record = model_record(cfg, model, classes, fingerprint, threshold)
+    return {"config": cfg.to_dict(), "metadata": record.to_json()}
 
 
 def model_from_checkpoint(data: dict[str, Any], source: str = "checkpoint"):

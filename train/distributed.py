@@ -24,24 +24,42 @@ class DistInfo:
         return self.world > 1
 
 
-def init_from_env(device: torch.device) -> DistInfo:
-    """Join the process group torchrun describes in the environment (if any)."""
+def info_from_env() -> DistInfo:
+    """Where this process sits in the torchrun group (one process when torchrun is absent)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, rank=rank, world_size=world)
-    return DistInfo(rank, world, local_rank)
+    return DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def pick_device(info: DistInfo) -> torch.device:
+    """This rank's GPU (its LOCAL_RANK) when CUDA is available, else the CPU."""
     if torch.cuda.is_available():
+        # Set before the process group exists: NCCL binds each rank to the current device.
         torch.cuda.set_device(info.local_rank)
         return torch.device("cuda", info.local_rank)
     return torch.device("cpu")
+
+
+def join_group(info: DistInfo, device: torch.device) -> None:
+    """Join the process group with the backend that fits `device`: NCCL on CUDA, gloo on CPU."""
+    if not info.enabled or dist.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world)
+
+
+def init_from_env(device: torch.device | None = None) -> tuple[DistInfo, torch.device]:
+    """Read torchrun's environment, choose this rank's device, then join the group.
+
+    The device is chosen first because it decides the backend; pass `device` only to pin
+    a rank to it (the CPU tests do, so that they run gloo on a machine with GPUs too).
+    """
+    info = info_from_env()
+    if device is None:
+        device = pick_device(info)
+    join_group(info, device)
+    return info, device
 
 
 def shard(indices: list[int], info: DistInfo) -> list[int]:

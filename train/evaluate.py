@@ -6,13 +6,13 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from edgeas.errors import DataError
+from edgeas.record import ModelRecord
 
 console = Console(stderr=True)
 TABLE_METRICS = ("pixel_ap", "dsc", "dsc_deploy", "pixel_auroc", "aupro", "image_auroc", "mad")
@@ -28,20 +28,19 @@ class Predictions:
     fused_maps: np.ndarray | None = None  # the runtime's fast path, to measure what it costs
 
 
-def predict_test_set(model, meta: dict[str, Any], data: Path, batch: int = 8) -> Predictions:
+def predict_test_set(model, record: ModelRecord, data: Path, batch: int = 8) -> Predictions:
     """Run the model over every test image of DATA (all classes it holds)."""
     import torch
 
-    from edgeas.preprocess import Recipe
     from edgeas.train.data import index_dataset
     from edgeas.train.datasets import TestImages
     from edgeas.train.inference import aggregate_maps, predict_level_maps
 
-    recipe = Recipe.from_metadata(meta)
+    recipe = record.preprocessing
     index = index_dataset(data)
     if not index.test:
         raise DataError(f"{data}: no test images found", hint="evaluation needs a test split")
-    unknown = sorted(set(index.classes) - set(meta["classes"]))
+    unknown = sorted(set(index.classes) - set(record.model.classes))
     if unknown:
         console.print(f"[yellow]warning:[/] classes not seen in training: {', '.join(unknown)}")
     dataset = TestImages(index.test, recipe)
@@ -54,7 +53,7 @@ def predict_test_set(model, meta: dict[str, Any], data: Path, batch: int = 8) ->
         )
     size = tuple(recipe.input_size)
     maps = aggregate_maps(levels, size, "reference")
-    mode = (meta.get("threshold") or {}).get("mode", "reference")
+    mode = record.threshold.mode
     fused = aggregate_maps(levels, size, "fused")
     threshold_maps = fused if mode == "fused" else None
     masks = np.stack([dataset[i][1].numpy() for i in range(len(dataset))]).astype(np.uint8)
@@ -115,9 +114,9 @@ def eval_command(checkpoint: Path, data: Path, out: Path | None, batch: int = 8)
 
     stored = load_checkpoint(checkpoint)
     _, model = model_from_checkpoint(stored, str(checkpoint))
-    meta = stored["metadata"]
-    pred = predict_test_set(model, meta, Path(data), batch)
-    threshold = (meta.get("threshold") or {}).get("value")
+    record = ModelRecord.from_json(stored.get("metadata"), str(checkpoint))
+    pred = predict_test_set(model, record, Path(data), batch)
+    threshold = record.threshold.value
     result = compute_metrics(pred, threshold)
     print_table(result, f"{checkpoint} on {data} (percent)")
     out = Path(out) if out else Path(checkpoint).parent / "eval"

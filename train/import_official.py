@@ -88,19 +88,17 @@ def import_official(
 ) -> dict[str, Any]:
     import torch
 
-    from edgeas.metadata import unset_threshold
-    from edgeas.preprocess import Recipe
     from edgeas.train.backbones import load_efficientnet_pytorch_state
-    from edgeas.train.checkpoint import save_checkpoint
+    from edgeas.train.checkpoint import checkpoint_payload, model_recipe, save_checkpoint
     from edgeas.train.model.unias import build_model
     from edgeas.train.official import load_decoder_state, strip_official_prefix
-    from edgeas.train.run import checkpoint_payload, fit_thresholds
+    from edgeas.train.run import fit_thresholds
 
     source = str(checkpoint)
     try:
         raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
-        raise ArtifactError(f"checkpoint not found: {checkpoint}") from exc
+        raise ConfigError(f"checkpoint not found: {checkpoint}") from exc
     except Exception as exc:  # unpickling errors come in several types
         raise ArtifactError(
             f"{source}: refused or unreadable with weights_only=True ({str(exc).splitlines()[0]})",
@@ -121,8 +119,8 @@ def import_official(
         load_efficientnet_pytorch_state(model.backbone, backbone_state, f"{source} backbone.*")
     load_decoder_state(model.decoder, decoder_state, source)
     model.eval()
-    recipe = Recipe(tuple(cfg.input_size), tuple(model.backbone.mean), tuple(model.backbone.std))
-    threshold = unset_threshold(cfg.threshold.policy, cfg.threshold.param, cfg.aggregation.mode)
+    recipe = model_recipe(cfg, model)
+    threshold = None  # unset unless fitted on --data below
     classes: list[str] = []
     fingerprint = None
     if data is not None:
@@ -134,14 +132,14 @@ def import_official(
         _, val = split_train_val(index.train, cfg.train.val_fraction, cfg.train.seed)
         val_set = TrainImages(val, recipe, None, classes, seed=cfg.train.seed)
         threshold = fit_thresholds(cfg, model, val_set, torch.device("cpu"))
-    payload = checkpoint_payload(cfg, model, classes, fingerprint, threshold, recipe)
+    payload = checkpoint_payload(cfg, model, classes, fingerprint, threshold)
     payload["model"] = model.state_dict()
     payload["imported_from"] = {
         "file": Path(checkpoint).name,
         "reference_padding": reference_padding,
     }
     save_checkpoint(output, payload)
-    value = threshold["value"]
+    value = None if threshold is None else threshold.value
     console.print(
         f"imported {source}: decoder width {cfg.model.hidden_dim}, input {cfg.input_size}, "
         f"B4 padding {'official (380 px)' if reference_padding else 'TF-same'}; threshold "

@@ -23,50 +23,23 @@ def _overrides(epochs: int | None, batch: int | None) -> dict[str, Any]:
     return {"train": train} if train else {}
 
 
-def checkpoint_payload(
-    cfg: EdgeasConfig,
-    model,
-    classes: list[str],
-    fingerprint: str | None,
-    threshold: dict[str, Any],
-    recipe,
-) -> dict[str, Any]:
-    from edgeas.metadata import build_metadata
-
-    meta = build_metadata(
-        preset=cfg.preset,
-        backbone=cfg.backbone.name,
-        recipe=recipe.to_metadata(),
-        strides=list(model.backbone.strides),
-        aggregation_mode=cfg.aggregation.mode,
-        threshold=threshold,
-        min_area=cfg.threshold.min_area,
-        classes=classes,
-        data_fingerprint=fingerprint,
-        config=cfg.to_dict(),
-    )
-    return {"config": cfg.to_dict(), "metadata": meta}
-
-
-def fit_thresholds(cfg: EdgeasConfig, model, val_set, device) -> dict[str, Any]:
+def fit_thresholds(cfg: EdgeasConfig, model, val_set, device):
     """Deployment threshold from held-out normal images, on maps of the runtime's mode."""
-    from edgeas.config import THRESHOLD_POLICIES
-    from edgeas.metadata import unset_threshold
-    from edgeas.thresholds import threshold_from_normal, threshold_record
+    from edgeas.postprocess import make_threshold
+    from edgeas.thresholds import threshold_from_normal
     from edgeas.train.inference import aggregate_maps, predict_level_maps
 
-    policy, mode = cfg.threshold.policy, cfg.aggregation.mode
-    param = cfg.threshold.param if cfg.threshold.param is not None else THRESHOLD_POLICIES[policy]
+    policy, mode, param = cfg.threshold.policy, cfg.aggregation.mode, cfg.threshold.param
     if len(val_set) == 0:
         console.print(
             "[yellow]warning:[/] no held-out normal images: threshold left unset "
             "(the runtime will then require --threshold)"
         )
-        return unset_threshold(policy, param, mode)
+        return make_threshold(None, policy, param, mode)
     levels = predict_level_maps(model, val_set, batch=8, device=device)
     maps = aggregate_maps(levels, tuple(cfg.input_size), mode)
     value = threshold_from_normal(maps, policy, param)
-    return threshold_record(value, policy, param, mode)
+    return make_threshold(value, policy, param, mode)
 
 
 def train_command(
@@ -80,12 +53,15 @@ def train_command(
 ) -> Path:
     import torch
 
-    from edgeas.metadata import unset_threshold
-    from edgeas.preprocess import Recipe
-    from edgeas.train.checkpoint import load_checkpoint, save_checkpoint
+    from edgeas.train.checkpoint import (
+        checkpoint_payload,
+        load_checkpoint,
+        model_recipe,
+        save_checkpoint,
+    )
     from edgeas.train.data import data_fingerprint, index_dataset, split_train_val
     from edgeas.train.datasets import TrainImages
-    from edgeas.train.distributed import barrier, init_from_env, pick_device, shutdown
+    from edgeas.train.distributed import barrier, init_from_env, shutdown
     from edgeas.train.model.unias import build_model
     from edgeas.train.trainer import StopRequest, Trainer
 
@@ -106,8 +82,8 @@ def train_command(
         cfg = load_config(config, _overrides(epochs, batch))
 
     # Every rank builds the same data order and the same initial decoder.
-    info = init_from_env(torch.device("cpu"))
-    device = pick_device(info)
+    # The rank's device is chosen before the group is joined: it decides NCCL or gloo.
+    info, device = init_from_env()
     torch.manual_seed(cfg.train.seed)
     index = index_dataset(data)
     fingerprint = data_fingerprint(index)
@@ -115,7 +91,7 @@ def train_command(
         index.train, cfg.train.val_fraction, cfg.train.seed
     )
     model = build_model(cfg, pretrained=False if stored else None)
-    recipe = Recipe(tuple(cfg.input_size), tuple(model.backbone.mean), tuple(model.backbone.std))
+    recipe = model_recipe(cfg, model)
     dataset = TrainImages(
         train_samples, recipe, cfg.train.augment, index.classes, seed=cfg.train.seed
     )
@@ -131,13 +107,13 @@ def train_command(
             f"{len(val_samples)} held out; device {device}, {info.world} process(es)"
         )
 
-    threshold = unset_threshold(cfg.threshold.policy, cfg.threshold.param, cfg.aggregation.mode)
+    threshold = None  # unset until fitted after training
 
     def save(kind: str) -> None:
         if not info.is_main:
             return
         payload = {
-            **checkpoint_payload(cfg, model, index.classes, fingerprint, threshold, recipe),
+            **checkpoint_payload(cfg, model, index.classes, fingerprint, threshold),
             **trainer.state(),
         }
         save_checkpoint(last, payload)
@@ -180,13 +156,13 @@ def _merge_stored(stored: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return merged
 
 
-def _summary(out: Path, reason: str, trainer, threshold: dict[str, Any]) -> None:
-    value = threshold.get("value")
+def _summary(out: Path, reason: str, trainer, threshold) -> None:
+    value = threshold.value
     shown = "unset" if value is None else f"{value:.5f}"
     console.print(
         f"[green]{'finished' if reason == 'done' else 'stopped after max steps'}[/]: "
         f"epoch {trainer.position.epoch}, step {trainer.position.step}; threshold {shown} "
-        f"({threshold['policy']}, {threshold['mode']}); checkpoint {out / 'last.pt'}"
+        f"({threshold.policy}, {threshold.mode}); checkpoint {out / 'last.pt'}"
     )
     console.print(f"next: edgeas eval --checkpoint {out / 'last.pt'} --data DATA")
 

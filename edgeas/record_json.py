@@ -1,0 +1,173 @@
+"""Reading a model record from JSON: validation, defaults and the schema-1 migration.
+
+Every default a reader might need is filled in here, once; an error names the file and
+the key. `ModelRecord.from_json` is the way in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from edgeas import postprocess as pp
+from edgeas.errors import ArtifactError
+from edgeas.preprocess import Recipe
+from edgeas.record import (
+    CORE_KEYS,
+    ENGINE_MARK,
+    PRECISIONS,
+    REQUIRED_V1,
+    SCHEMA,
+    STAGE_KEYS,
+    Aggregation,
+    Level,
+    ModelInfo,
+    ModelRecord,
+    PostProcessing,
+    Threshold,
+    freeze,
+)
+
+
+def _fail(source: str, what: str) -> ArtifactError:
+    return ArtifactError(f"{source}: edgeas metadata {what}",
+                         hint="re-export the model with this edgeas (`edgeas export`)")
+
+
+def _check_precision(value: Any, source: str) -> str:
+    if value not in PRECISIONS:
+        raise _fail(source, f"has precision {value!r}, not one of {', '.join(PRECISIONS)}")
+    return str(value)
+
+
+def _number(value: Any, source: str, key: str, kind: type = float) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(source, f"key '{key}' must be a number, got {value!r}")
+    if kind is int and value != int(value):
+        raise _fail(source, f"key '{key}' must be a whole number, got {value!r}")
+    if not math.isfinite(value):
+        raise _fail(source, f"key '{key}' must be finite, got {value!r}")
+    return kind(value)
+
+
+def _member(value: Any, table: Mapping[str, Any], key: str, source: str) -> str:
+    """`value` when it names an entry of a registry table, else the file's error."""
+    if value not in table:
+        raise _fail(source, f"{key} {value!r} is not one of {', '.join(table)}")
+    return str(value)
+
+
+def _levels(value: Any, source: str) -> tuple[Level, ...]:
+    if not isinstance(value, list) or not value:
+        raise _fail(source, f"key 'levels' must be a non-empty list, got {value!r}")
+    out = []
+    for i, lv in enumerate(value):
+        if not isinstance(lv, Mapping) or not {"name", "stride", "output"} <= set(lv):
+            raise _fail(source, f"levels[{i}] must have name, stride and output, got {lv!r}")
+        out.append(Level(str(lv["name"]), _number(lv["stride"], source, f"levels[{i}].stride",
+                                                  int), str(lv["output"])))
+    return tuple(out)
+
+
+def _recipe(data: Mapping[str, Any], source: str) -> Recipe:
+    try:
+        return Recipe.from_metadata(data)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{source}: {exc.message}", hint=exc.hint) from exc
+
+
+def _aggregation(value: Any, n_levels: int, source: str) -> Aggregation:
+    if not isinstance(value, Mapping):
+        raise _fail(source, f"key 'aggregation' must be an object, got {value!r}")
+    mode = _member(value.get("mode") or pp.DEFAULT_MODE, pp.AGGREGATION_MODES,
+                   "aggregation.mode", source)
+    raw = value.get("blur")
+    # schema 1: a null or empty blur meant the official smoothing in every reader
+    if not raw:
+        blur = pp.OFFICIAL_BLUR
+    else:
+        try:
+            blur = tuple((int(k), float(s)) for k, s in raw)
+        except (TypeError, ValueError) as exc:
+            raise _fail(source, f"aggregation.blur must be [[kernel, sigma], ...], got {raw!r}"
+                        ) from exc
+    if len(blur) != n_levels:
+        raise _fail(source, f"aggregation.blur has {len(blur)} (kernel, sigma) pairs for "
+                            f"{n_levels} levels")
+    return Aggregation(str(mode), blur)
+
+
+def _threshold(value: Any, agg_mode: str, source: str) -> Threshold:
+    if value is None:
+        value = {}
+    if not isinstance(value, Mapping):
+        raise _fail(source, f"key 'threshold' must be an object, got {value!r}")
+    policy = _member(value.get("policy") or pp.DEFAULT_POLICY, pp.THRESHOLD_POLICIES,
+                     "threshold.policy", source)
+    try:
+        param = pp.THRESHOLD_POLICIES[policy].check(value.get("param"), "threshold.param")
+    except Exception as exc:  # ConfigError from the schema: here it is the file's fault
+        raise _fail(source, f"has a bad threshold.param: {getattr(exc, 'message', exc)}"
+                    ) from exc
+    tau = value.get("value")
+    if tau is not None:
+        tau = _number(tau, source, "threshold.value")
+    mode = _member(value.get("mode") or agg_mode, pp.AGGREGATION_MODES, "threshold.mode",
+                   source)
+    extra = {k: v for k, v in value.items() if k not in ("value", "policy", "param", "mode")}
+    return Threshold(tau, str(policy), param, str(mode), freeze(extra))
+
+
+def parse_record(data: Any, source: str) -> ModelRecord:
+    if not isinstance(data, Mapping):
+        raise ArtifactError(f"{source}: edgeas metadata is not a JSON object")
+    schema = data.get("schema")
+    if isinstance(schema, bool) or not isinstance(schema, int):
+        raise _fail(source, f"has no valid schema number (got {schema!r})")
+    if schema > SCHEMA:
+        raise ArtifactError(
+            f"{source}: metadata schema {schema} is newer than this edgeas (knows {SCHEMA})",
+            hint="upgrade edgeas on this machine",
+        )
+    required = REQUIRED_V1 if schema < 2 else CORE_KEYS
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ArtifactError(f"{source}: edgeas metadata lacks {', '.join(missing)}")
+    levels = _levels(data["levels"], source)
+    aggregation = _aggregation(data["aggregation"], len(levels), source)
+    classes = data["classes"]
+    if not isinstance(classes, list):
+        raise _fail(source, f"key 'classes' must be a list, got {classes!r}")
+    min_area = _number(data["min_area"] or 0, source, "min_area", int)
+    if min_area < 0:
+        raise _fail(source, f"min_area must be >= 0, got {min_area}")
+    post = PostProcessing(aggregation, _threshold(data["threshold"], aggregation.mode, source),
+                          min_area)
+    info = ModelInfo(
+        preset=None if data["preset"] is None else str(data["preset"]),
+        backbone=str(data["backbone"]),
+        levels=levels,
+        classes=tuple(str(c) for c in classes),
+        data_fingerprint=data.get("data_fingerprint"),
+    )
+    stages: dict[str, Any] = {}
+    engine_file = ENGINE_MARK in data
+    for name, keys in STAGE_KEYS.items():
+        part = {k: data[k] for k in keys if k in data}
+        if name == "calibration" and engine_file:
+            part.pop("calibration", None)
+        if name == "engine" and engine_file:
+            part["calibration"] = data.get("calibration")
+        stages[name] = freeze(part) if part else None
+    known = set(CORE_KEYS) | {k for keys in STAGE_KEYS.values() for k in keys}
+    extra = {k: v for k, v in data.items() if k not in known}
+    return ModelRecord(
+        model=info,
+        preprocessing=_recipe(data, source),
+        postprocess=post,
+        precision=_check_precision(data.get("precision", "fp32"), source),
+        edgeas_version=str(data["edgeas_version"]),
+        extra=freeze(extra),
+        **stages,
+    )

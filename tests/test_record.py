@@ -1,0 +1,130 @@
+"""The typed model record: construction, JSON round trip, stages, schema-1 migration."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from edgeas.errors import ArtifactError
+from edgeas.postprocess import OFFICIAL_BLUR, make_threshold, postprocessing
+from edgeas.preprocess import LITE_MEAN, LITE_STD, Recipe
+from edgeas.record import SCHEMA, ModelRecord, config_hash, new_record
+
+# A checkpoint's metadata exactly as edgeas 0.1.0 (schema 1) wrote it.
+SCHEMA1_CHECKPOINT = {
+    "schema": 1, "edgeas_version": "0.1.0", "preset": "tiny", "backbone": "efficientnet_lite0",
+    "input_size": [224, 224], "channel_order": "RGB", "interpolation": "linear",
+    "mean": list(LITE_MEAN), "std": list(LITE_STD),
+    "levels": [{"name": f"res{i}", "stride": 2**i, "output": f"dist_res{i}"} for i in (1, 2, 3, 4)],
+    "aggregation": {"mode": "reference", "blur": [list(b) for b in OFFICIAL_BLUR]},
+    "threshold": {"value": 0.25, "policy": "quantile", "param": 0.999, "mode": "reference"},
+    "min_area": 0, "classes": ["bottle", "cable"], "data_fingerprint": "abc",
+    "config_sha256": "0123456789abcdef", "precision": "fp32",
+}
+
+
+def _record(**threshold) -> ModelRecord:
+    tau = make_threshold(threshold.get("value"), "quantile", None, "reference")
+    return new_record(
+        preset="tiny", backbone="efficientnet_lite0", recipe=Recipe((224, 224), LITE_MEAN,
+                                                                    LITE_STD),
+        strides=[2, 4, 8, 16], postprocess=postprocessing("reference", tau, 3),
+        classes=["a", "b"], data_fingerprint="f", config={"preset": "tiny"},
+    )
+
+
+def test_new_record_is_typed_frozen_and_round_trips():
+    rec = _record(value=0.5)
+    assert rec.model.outputs == ("dist_res1", "dist_res2", "dist_res3", "dist_res4")
+    assert rec.model.level_names == ("res1", "res2", "res3", "res4")
+    assert rec.preprocessing.input_size == (224, 224) and rec.precision == "fp32"
+    assert rec.threshold.value == 0.5 and rec.threshold.param == 0.999 and rec.min_area == 3
+    assert rec.train["config_sha256"] == config_hash({"preset": "tiny"})
+    data = rec.to_json()
+    assert data["schema"] == SCHEMA
+    assert json.loads(json.dumps(data)) == data  # plain JSON values only
+    assert ModelRecord.from_json(data, "x") == rec
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rec.precision = "fp16"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        rec.train["config_sha256"] = "changed"  # stages are read-only too
+
+
+def test_with_stage_returns_a_new_record_and_checks_keys():
+    rec = _record(value=0.5)
+    exported = rec.with_stage("export", {"opset": 17, "export": {"batch": 1}})
+    assert rec.export is None and exported.export["export"]["batch"] == 1
+    int8 = exported.with_stage("calibration", {"calibration": {"images": 40}}, precision="int8")
+    assert (exported.precision, int8.precision) == ("fp32", "int8")
+    data = int8.to_json()
+    assert data["opset"] == 17 and data["calibration"] == {"images": 40}
+    with pytest.raises(ValueError, match="no key"):
+        rec.with_stage("export", {"tensorrt_version": "10"})
+    with pytest.raises(ValueError, match="unknown stage"):
+        rec.with_stage("deploy", {})
+
+
+def test_the_engine_sidecar_calibration_is_the_builds_and_reads_back_as_such():
+    qdq = _record(value=0.5).with_stage(
+        "calibration", {"calibration": {"method": "entropy", "images": 40},
+                        "quantization": {"format": "qdq"}}, precision="int8")
+    engine = qdq.with_stage("engine", {"tensorrt_version": "10.3.0", "gpu": "Orin",
+                                       "calibration": {"method": "qdq", "images": 40}})
+    side = engine.to_json()
+    assert side["calibration"] == {"method": "qdq", "images": 40}
+    assert side["quantization"] == {"format": "qdq"} and side["tensorrt_version"] == "10.3.0"
+    back = ModelRecord.from_json(side, "model.engine.json")
+    assert back.engine["calibration"]["method"] == "qdq" and back.engine["gpu"] == "Orin"
+    assert back.calibration["quantization"]["format"] == "qdq"
+    fp16 = _record(value=0.5).with_stage("engine", {"tensorrt_version": "10.3.0"}, "fp16")
+    assert fp16.to_json()["calibration"] is None  # a sidecar always says whether it calibrated
+
+
+def test_schema1_files_migrate_with_their_defaults_filled_in_once():
+    rec = ModelRecord.from_json(SCHEMA1_CHECKPOINT, "old.pt")
+    assert rec.threshold.value == 0.25 and rec.train["config_sha256"] == "0123456789abcdef"
+    # the oldest files: no precision, a null blur (= official smoothing), a bare threshold
+    oldest = dict(SCHEMA1_CHECKPOINT, aggregation={"mode": "fused", "blur": None},
+                  threshold={"value": 0.5})
+    del oldest["precision"], oldest["channel_order"], oldest["interpolation"]
+    rec = ModelRecord.from_json(oldest, "oldest.onnx")
+    assert rec.precision == "fp32" and rec.aggregation.blur == OFFICIAL_BLUR
+    assert (rec.threshold.policy, rec.threshold.param, rec.threshold.mode) == (
+        "quantile", 0.999, "fused")
+    assert rec.to_json()["schema"] == SCHEMA
+
+
+def test_unknown_keys_are_kept_and_future_schemas_refused():
+    data = dict(SCHEMA1_CHECKPOINT, note="from a later edgeas",
+                threshold=dict(SCHEMA1_CHECKPOINT["threshold"], images=40, history=[]))
+    out = ModelRecord.from_json(data, "m.onnx").to_json()
+    assert out["note"] == "from a later edgeas"
+    assert out["threshold"]["images"] == 40 and out["threshold"]["history"] == []
+    with pytest.raises(ArtifactError, match="newer than this edgeas"):
+        ModelRecord.from_json(dict(data, schema=SCHEMA + 1), "m.onnx")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"levels": []}, "levels"),
+    ({"threshold": {"value": 0.1, "policy": "quantile", "param": 1.5}}, "threshold.param"),
+    ({"threshold": {"value": 0.1, "policy": "median"}}, "threshold.policy"),
+    ({"aggregation": {"mode": "blurry"}}, "aggregation.mode"),
+    ({"aggregation": {"mode": "reference", "blur": [[3, 1.0]]}}, "blur"),
+    ({"precision": "int4"}, "precision"),
+    ({"min_area": -1}, "min_area"),
+    ({"mean": "grey"}, "preprocessing"),
+])
+def test_a_bad_file_names_the_file_and_the_key(change, message):
+    with pytest.raises(ArtifactError, match=message) as info:
+        ModelRecord.from_json(dict(SCHEMA1_CHECKPOINT, **change), "bad.onnx")
+    assert "bad.onnx" in info.value.message
+
+
+def test_missing_required_keys_are_listed():
+    data = {k: v for k, v in SCHEMA1_CHECKPOINT.items() if k not in ("levels", "classes")}
+    with pytest.raises(ArtifactError, match="lacks levels, classes"):
+        ModelRecord.from_json(data, "m.onnx")
+    with pytest.raises(ArtifactError, match="not a JSON object"):
+        ModelRecord.from_json([1, 2], "m.onnx")
