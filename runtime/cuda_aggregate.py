@@ -1,4 +1,4 @@
-"""The fused aggregation kernel (fused_aggregate.cu) compiled at run time with pycuda.
+"""The fused aggregation kernel (fused_aggregate.cu) compiled at run time by edgeas.cuda.
 
 The per-level maps are a few kilobytes; the kernel writes the frame-sized map and mask
 in one pass, so only the results travel back. `pack_levels` (the flat layout of the
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from edgeas.aggregate import _float32_threshold
-from edgeas.errors import ConfigError, DependencyError
+from edgeas.cuda import Context, CudaApi, DeviceBuffer
+from edgeas.errors import ConfigError
 
 KERNEL_DIR = Path(__file__).resolve().parent
 KERNEL_FILE = KERNEL_DIR / "fused_aggregate.cu"
@@ -44,61 +44,55 @@ def pack_levels(maps: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.
     return data, offsets, hs, ws
 
 
+Buffers = tuple[DeviceBuffer, DeviceBuffer, np.ndarray, np.ndarray]
+
+
 class CudaFusedAggregator:
-    """`aggregate(maps, out_hw, threshold)` in fused mode on the GPU (pycuda context given)."""
+    """`aggregate(maps, out_hw, threshold)` in fused mode on the GPU.
 
-    def __init__(self, cuda: Any, context: Any) -> None:
+    `cuda` and `context`: the CUDA layer and the (primary) context the caller shares,
+    the TensorRT backend's; a compile failure is a DependencyError naming nvcc.
+    """
+
+    def __init__(self, cuda: CudaApi, context: Context) -> None:
         self.cuda, self.context = cuda, context
-        try:
-            from pycuda.compiler import SourceModule
-        except ImportError as exc:
-            raise DependencyError(f"pycuda.compiler is unavailable ({exc})",
-                                  hint="pip install pycuda on the GPU machine") from exc
-        context.push()
-        try:
-            try:
-                module = SourceModule(KERNEL_FILE.read_text(), include_dirs=[str(KERNEL_DIR)],
-                                      no_extern_c=True)
-            except Exception as exc:  # CompileError, or nvcc missing from PATH
-                raise DependencyError(
-                    f"cannot compile {KERNEL_FILE.name} with nvcc ({str(exc).splitlines()[0]})",
-                    hint="put the CUDA toolkit's nvcc on PATH (/usr/local/cuda/bin on Jetson)",
-                ) from exc
-            self.kernel = module.get_function(KERNEL_NAME)
-            self.stream = cuda.Stream()
-        finally:
-            cuda.Context.pop()
-        self._out: dict[tuple[int, int], tuple[Any, Any, np.ndarray, np.ndarray]] = {}
+        with context.active():
+            self.kernel = cuda.load_kernel(KERNEL_FILE.read_text(), KERNEL_NAME,
+                                           include_dirs=[str(KERNEL_DIR)],
+                                           label=KERNEL_FILE.name)
+            self.stream = cuda.stream()
+        self._out: dict[tuple[int, int], Buffers] = {}
 
-    def _buffers(self, h: int, w: int):
+    def _buffers(self, h: int, w: int) -> Buffers:
         if (h, w) not in self._out:
             cuda = self.cuda
-            host_map = cuda.pagelocked_empty((h, w), np.float32)
-            host_mask = cuda.pagelocked_empty((h, w), np.uint8)
-            self._out = {(h, w): (cuda.mem_alloc(host_map.nbytes), cuda.mem_alloc(host_mask.nbytes),
+            host_map = cuda.pinned_empty((h, w), np.float32)
+            host_mask = cuda.pinned_empty((h, w), np.uint8)
+            self._out = {(h, w): (cuda.alloc(host_map.nbytes), cuda.alloc(host_mask.nbytes),
                                   host_map, host_mask)}
         return self._out[(h, w)]
 
+    def _upload(self, array: np.ndarray) -> DeviceBuffer:
+        buffer = self.cuda.alloc(array.nbytes)
+        buffer.copy_from_host(array)  # synchronous, like pycuda's to_device
+        return buffer
+
     def __call__(self, maps: Sequence[np.ndarray], out_hw: Sequence[int],
                  threshold: float | None) -> tuple[np.ndarray, np.ndarray | None]:
-        cuda = self.cuda
         h, w = (int(v) for v in out_hw)
         data, offsets, hs, ws = pack_levels(maps)
         tau = _float32_threshold(threshold) if threshold is not None else np.float32(0)
-        self.context.push()
-        try:
+        with self.context.active():
             dev_map, dev_mask, host_map, host_mask = self._buffers(h, w)
-            inputs = [cuda.to_device(a) for a in (data, offsets, hs, ws)]
+            inputs = [self._upload(a) for a in (data, offsets, hs, ws)]
             grid = ((w + BLOCK[0] - 1) // BLOCK[0], (h + BLOCK[1] - 1) // BLOCK[1])
-            self.kernel(*inputs, np.int32(len(hs)), np.int32(h), np.int32(w), tau,
-                        np.int32(threshold is not None), dev_map, dev_mask,
-                        block=BLOCK, grid=grid, stream=self.stream)
-            cuda.memcpy_dtoh_async(host_map, dev_map, self.stream)
+            args = [*inputs, np.int32(len(hs)), np.int32(h), np.int32(w), tau,
+                    np.int32(threshold is not None), dev_map, dev_mask]
+            self.kernel.launch(grid, BLOCK, args, self.stream)
+            dev_map.copy_to_host(host_map, self.stream)
             if threshold is not None:
-                cuda.memcpy_dtoh_async(host_mask, dev_mask, self.stream)
+                dev_mask.copy_to_host(host_mask, self.stream)
             self.stream.synchronize()
             for mem in inputs:
                 mem.free()
-        finally:
-            cuda.Context.pop()
         return host_map.copy(), (host_mask.copy() if threshold is not None else None)

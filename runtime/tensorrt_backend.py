@@ -1,4 +1,4 @@
-"""TensorRT engines through `tensorrt` (or `tensorrt_rtx`) and pycuda.
+"""TensorRT engines through `tensorrt` (or `tensorrt_rtx`) and edgeas.cuda (pycuda).
 
 One deserialised engine, one execution context, page-locked host buffers, one CUDA
 stream; inputs and outputs bound by tensor name; `execute_async_v3`. An engine only
@@ -6,24 +6,25 @@ runs with the TensorRT version and the GPU model it was built for, so the sideca
 `model.engine.json` is checked against this machine before TensorRT sees the plan.
 
 Needs a GPU: on a machine without one this module imports (TensorRT and pycuda are
-imported inside `TensorRTBackend.__init__`), `check_engine_compat` runs, and opening
-an engine is a DependencyError that says why.
+imported inside `TensorRTBackend.__init__`, pycuda by `edgeas.cuda.open_cuda`),
+`check_engine_compat` runs, and opening an engine is a DependencyError that says why.
 """
 
 from __future__ import annotations
 
 import importlib
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeas.artifacts import read_engine_metadata, sidecar_path
-from edgeas.errors import ArtifactError, DependencyError, StreamError, require
-from edgeas.runtime.backends import Backend, level_outputs
+from edgeas.artifacts import read_engine_record
+from edgeas.cuda import CudaApi, DeviceBuffer, open_cuda
+from edgeas.errors import ArtifactError, ConfigError, DependencyError, StreamError
+from edgeas.runtime.backends import Backend
 
-PYCUDA_HINT = "on the GPU machine: pip install pycuda (needs the CUDA toolkit and driver)"
 TRT_HINT = (
     "install the TensorRT the engine was built with (JetPack's on Jetson, in a venv made "
     "with --system-site-packages), or stream the .onnx model with ONNX Runtime"
@@ -31,7 +32,7 @@ TRT_HINT = (
 
 
 def check_engine_compat(
-    sidecar: dict[str, Any], path: str, trt_version: str, gpu: str | None, cc: str | None
+    sidecar: Mapping[str, Any], path: str, trt_version: str, gpu: str | None, cc: str | None
 ) -> None:
     """Refuse an engine built by another TensorRT version or for another GPU model.
 
@@ -73,46 +74,36 @@ def _import_tensorrt(flavour: str):
                               hint=TRT_HINT) from exc
 
 
-def _init_cuda():
-    """pycuda's driver module and the primary context of device 0 (shared with TensorRT)."""
-    cuda = require("pycuda.driver", "pycuda")
-    try:
-        cuda.init()
-        device = cuda.Device(0)
-    except Exception as exc:  # pycuda raises cuda.Error / LogicError subclasses
-        raise DependencyError(f"no usable CUDA device ({exc})", hint=PYCUDA_HINT) from exc
-    return cuda, device, device.retain_primary_context()
-
-
 class TensorRTBackend(Backend):
-    """A serialised TensorRT engine with its sidecar; one execution context."""
+    """A serialised TensorRT engine with its sidecar; one execution context.
 
-    def __init__(self, path: str | Path) -> None:
+    `cuda`: the CUDA layer (default `open_cuda()`, device 0; tests pass a stand-in).
+    """
+
+    def __init__(self, path: str | Path, cuda: CudaApi | None = None) -> None:
         self.path = Path(path)
-        self.metadata = read_engine_metadata(self.path)
-        self.output_names = level_outputs(self.metadata, str(sidecar_path(self.path)))
-        self.trt = _import_tensorrt(str(self.metadata.get("tensorrt_flavour", "tensorrt")))
+        self.record = read_engine_record(self.path)
+        self.output_names = list(self.record.model.outputs)
+        built = self.record.engine or {}  # the engine stage: what the build recorded
+        self.trt = _import_tensorrt(str(built.get("tensorrt_flavour") or "tensorrt"))
         # the version first: a foreign engine is named as such even where CUDA is missing
-        check_engine_compat(self.metadata, str(self.path), str(self.trt.__version__), None, None)
-        self.cuda, device, self.context_cuda = _init_cuda()
-        major, minor = device.compute_capability()
-        check_engine_compat(self.metadata, str(self.path), str(self.trt.__version__),
-                            device.name(), f"{major}.{minor}")
-        self.device = f"cuda:0 ({device.name()})"
-        self.precision = str(self.metadata.get("precision", "fp32"))
+        check_engine_compat(built, str(self.path), str(self.trt.__version__), None, None)
+        self.cuda = cuda if cuda is not None else open_cuda()
+        # the primary context of device 0: the one TensorRT's runtime uses too
+        self.context_cuda = self.cuda.primary_context()
+        gpu, cc = self.cuda.device_name(), self.cuda.compute_capability()
+        check_engine_compat(built, str(self.path), str(self.trt.__version__),
+                            gpu, cc)
+        self.device = f"cuda:0 ({gpu})"
+        self.precision = self.record.precision
         self.name = f"TensorRT {self.trt.__version__}"
         self._aggregator = None
         with self.active():
             self._load()
 
-    @contextmanager
-    def active(self):
+    def active(self) -> AbstractContextManager[None]:
         """The CUDA context current on the calling thread (the pipeline calls from several)."""
-        self.context_cuda.push()
-        try:
-            yield
-        finally:
-            self.cuda.Context.pop()
+        return self.context_cuda.active()
 
     def _load(self) -> None:
         trt, cuda = self.trt, self.cuda
@@ -141,19 +132,19 @@ class TensorRTBackend(Backend):
         if tuple(shape[2:]) != (h, w):
             raise ArtifactError(f"{self.path}: engine input {shape} does not match the "
                                 f"sidecar's input_size {h}x{w}")
-        self.stream = cuda.Stream()
+        self.stream = cuda.stream()
         self.context.set_input_shape(self.input_name, (self.max_batch, 3, h, w))
         self.host: dict[str, np.ndarray] = {}
-        self.dev: dict[str, Any] = {}
+        self.dev: dict[str, DeviceBuffer] = {}
         for name in [self.input_name, *self.output_names]:
             dims = tuple(self.context.get_tensor_shape(name))
             dtype = trt.nptype(self.engine.get_tensor_dtype(name))
             if np.dtype(dtype) != np.float32:
                 raise ArtifactError(f"{self.path}: tensor {name} is {np.dtype(dtype)}; the "
                                     "runtime expects float32 I/O (typed engines keep it)")
-            self.host[name] = cuda.pagelocked_empty(dims, np.float32)
-            self.dev[name] = cuda.mem_alloc(self.host[name].nbytes)
-            self.context.set_tensor_address(name, int(self.dev[name]))
+            self.host[name] = cuda.pinned_empty(dims, np.float32)
+            self.dev[name] = cuda.alloc(self.host[name].nbytes)
+            self.context.set_tensor_address(name, self.dev[name].ptr)
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         batch = self.check_batch(batch)
@@ -162,21 +153,22 @@ class TensorRTBackend(Backend):
         else:
             n = batch.shape[0]
             if n > self.max_batch:
-                raise StreamError(f"{self.path}: batch {n} exceeds the engine's maximum "
-                                  f"{self.max_batch}")
-        cuda = self.cuda
+                # A usage error (exit 2), as ONNX Runtime's backend reports it in pad().
+                raise ConfigError(f"{self.path}: batch {n} exceeds the engine's maximum "
+                                  f"{self.max_batch}",
+                                  hint="rebuild the engine with a larger --max-batch")
         with self.active():
             if self.batch is None:
                 self.context.set_input_shape(self.input_name, batch.shape)
             host_in = self.host[self.input_name][: batch.shape[0]]
             np.copyto(host_in, batch)
-            cuda.memcpy_htod_async(self.dev[self.input_name], host_in, self.stream)
+            self.dev[self.input_name].copy_from_host(host_in, self.stream)
             if not self.context.execute_async_v3(stream_handle=self.stream.handle):
                 raise StreamError(f"{self.path}: TensorRT execute_async_v3 failed")
             outs = []
             for name in self.output_names:
                 host = self.host[name][: batch.shape[0]]
-                cuda.memcpy_dtoh_async(host, self.dev[name], self.stream)
+                self.dev[name].copy_to_host(host, self.stream)
                 outs.append(host)
             self.stream.synchronize()
         # copies: the page-locked buffers are overwritten by the next call while the
@@ -197,4 +189,4 @@ class TensorRTBackend(Backend):
                 mem.free()
             self.dev.clear()
             self.context = self.engine = self.runtime = None
-        self.context_cuda.detach()
+        self.context_cuda.release()

@@ -1,7 +1,11 @@
 """Mocks of the TensorRT 10/11 Python modules and of pycuda.driver, for the call-sequence
 tests of `edgeas build-engine` (tests/test_build_engine.py). They record calls and
 build nothing: every engine they return is the fixed bytes `ENGINE`. The real
-builds are the TensorRT-RTX tests and the GPU-marked test."""
+builds are the TensorRT-RTX tests and the GPU-marked test.
+
+Tests that only need CUDA to be there use `fake_cuda.FakeCuda`, a stand-in for the
+CUDA layer edgeas.cuda; `MockPycudaDriver` stays for the one build test that runs
+`edgeas.cuda.PycudaApi` itself, so that its calls on pycuda's API are checked too."""
 
 from __future__ import annotations
 
@@ -242,7 +246,8 @@ class _MockDeviceMemory:
 
 
 class MockPycudaDriver:
-    """A mock of `pycuda.driver`: records uploads instead of copying to a GPU."""
+    """A mock of the part of `pycuda.driver` that `edgeas.cuda.PycudaApi` uses for the
+    calibrator: records uploads instead of copying to a GPU."""
 
     def __init__(self) -> None:
         self.uploads: list[np.ndarray] = []

@@ -1,6 +1,7 @@
 """The CUDA fused aggregation: its per-pixel arithmetic compiled for the host (g++, and
 nvcc for the __host__ __device__ branch) against the numpy/OpenCV path; the kernel
-compiled to PTX; the kernel itself on a GPU through pycuda where one exists."""
+compiled to PTX; the aggregator's calls on the CUDA layer (a stand-in, FakeCuda); the
+kernel itself on a GPU through edgeas.cuda (pycuda) where one exists."""
 
 from __future__ import annotations
 
@@ -11,9 +12,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_cuda import FakeCuda
 
 from edgeas.aggregate import aggregate, aggregate_batch
-from edgeas.runtime.cuda_aggregate import HEADER_FILE, KERNEL_DIR, KERNEL_FILE, pack_levels
+from edgeas.errors import DependencyError
+from edgeas.runtime.cuda_aggregate import (
+    BLOCK,
+    HEADER_FILE,
+    KERNEL_DIR,
+    KERNEL_FILE,
+    KERNEL_NAME,
+    CudaFusedAggregator,
+    pack_levels,
+)
 
 SHIM = r"""
 #include "fused_aggregate.cuh"
@@ -114,27 +125,56 @@ def test_kernel_compiles_to_ptx(tmp_path):
     assert HEADER_FILE.is_file()
 
 
+def test_aggregator_calls_on_the_cuda_layer_stand_in():
+    """Compiled once inside the shared context, a grid covering the frame, only the map
+    copied back without a threshold, every push popped, the inputs freed every call."""
+    cuda = FakeCuda()
+    context = cuda.primary_context()
+    agg = CudaFusedAggregator(cuda, context)
+    assert cuda.kernels == [(KERNEL_NAME, KERNEL_FILE.name, [str(KERNEL_DIR)], [])]
+    assert cuda.call_names() == ["primary_context", "push", "load_kernel", "stream", "pop"]
+    maps = _maps(2)
+    for threshold, copies in ((0.5, 2), (None, 1)):
+        del cuda.calls[:]
+        got, mask = agg(maps, (37, 53), threshold)
+        assert got.shape == (37, 53) and got.dtype == np.float32
+        assert (mask is None) == (threshold is None)
+        names = cuda.call_names()
+        assert names[0] == "push" and names[-1] == "pop" and cuda.depth == 0
+        assert names.count("copy_to_host") == copies
+        assert names.index("launch") < names.index("copy_to_host") < names.index("synchronize")
+        grid, block, args = cuda.launches[-1]
+        assert block == BLOCK and grid == (2, 5)  # ceil(53 / 32), ceil(37 / 8)
+        assert len(args) == 11
+    # the four level inputs are freed after each frame; the frame-sized outputs stay
+    assert len(cuda.live_buffers()) == 2
+
+
+def test_aggregator_compile_failure_is_a_dependency_error_and_pops_the_context():
+    class NoNvcc(FakeCuda):
+        def load_kernel(self, source, name, **kw):
+            raise DependencyError("cannot compile fused_aggregate.cu with nvcc (not found)")
+
+    cuda = NoNvcc()
+    with pytest.raises(DependencyError, match="nvcc"):
+        CudaFusedAggregator(cuda, cuda.primary_context())
+    assert cuda.call_names() == ["primary_context", "push", "pop"] and cuda.depth == 0
+
+
 def _gpu_or_skip():
+    from edgeas.cuda import open_cuda
+
     try:
-        import pycuda.driver as cuda
-    except ImportError as exc:
-        pytest.skip(f"pycuda is not installed ({exc}); it needs a CUDA driver and a GPU")
-    try:
-        cuda.init()
-        if cuda.Device.count() < 1:
-            pytest.skip("no CUDA device")
-    except cuda.Error as exc:
-        pytest.skip(f"no usable CUDA device ({exc})")
-    return cuda
+        return open_cuda()
+    except DependencyError as exc:  # no pycuda, no driver or no device
+        pytest.skip(exc.message)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize(("out_hw", "seed"), CASES)
 def test_kernel_on_gpu_matches_numpy_fused(out_hw, seed):
     cuda = _gpu_or_skip()
-    from edgeas.runtime.cuda_aggregate import CudaFusedAggregator
-
-    context = cuda.Device(0).retain_primary_context()
+    context = cuda.primary_context()
     try:
         agg = CudaFusedAggregator(cuda, context)
         maps = _maps(seed)
@@ -145,4 +185,4 @@ def test_kernel_on_gpu_matches_numpy_fused(out_hw, seed):
         clear = np.abs(expected - tau) > 1e-5
         assert np.array_equal(mask[clear], (expected >= np.float32(tau))[clear].astype(np.uint8))
     finally:
-        context.detach()
+        context.release()

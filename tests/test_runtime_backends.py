@@ -29,7 +29,7 @@ def test_onnx_runtime_backend_reads_metadata_and_returns_four_maps(model):
     assert isinstance(backend, OnnxRuntimeBackend)
     assert backend.input_hw == (224, 224)
     assert backend.output_names == ["dist_res1", "dist_res2", "dist_res3", "dist_res4"]
-    assert backend.metadata["threshold"]["value"] > 0  # fitted at training
+    assert backend.record.threshold.value > 0  # fitted at training
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     maps = backend.infer(x)
     assert [m.shape for m in maps] == [(1, 112, 112), (1, 56, 56), (1, 28, 28), (1, 14, 14)]

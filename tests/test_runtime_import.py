@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from blocked_python import run_without
+from sample_records import write_engine
 
 from edgeas.errors import ArtifactError, DependencyError
 
@@ -29,24 +30,13 @@ def test_every_runtime_module_imports_with_the_heavy_packages_blocked():
 
 
 def test_an_engine_without_tensorrt_is_a_clear_error(tmp_path):
-    import json
-
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"not a real plan")
     from edgeas.runtime.backends import open_backend
 
     with pytest.raises(ArtifactError, match="sidecar"):
         open_backend(engine)
-    meta = {
-        "schema": 1, "edgeas_version": "0.1.0", "preset": "tiny", "backbone": "b",
-        "input_size": [224, 224], "channel_order": "RGB", "interpolation": "linear",
-        "mean": [0.5] * 3, "std": [0.5] * 3,
-        "levels": [{"name": f"res{i}", "stride": 2**i, "output": f"dist_res{i}"}
-                   for i in range(1, 5)],
-        "aggregation": {"mode": "fused", "blur": None}, "threshold": {"value": 0.5},
-        "min_area": 0, "classes": [], "tensorrt_version": "10.3.0", "gpu": "Orin",
-    }
-    (tmp_path / "model.engine.json").write_text(json.dumps(meta))
+    write_engine(tmp_path, b"not a real plan", tensorrt_version="10.3.0", gpu="Orin")
     try:
         import tensorrt  # noqa: F401
     except ImportError:

@@ -1,0 +1,251 @@
+"""The CUDA calls of edgeas behind one small interface, so that nothing else holds pycuda.
+
+The TensorRT backend, the fused aggregation kernel and TensorRT 10's INT8 calibrator
+need the same few things: the device's primary context (the one TensorRT uses) made
+current on the calling thread, a stream, device buffers with copies, page-locked host
+arrays and one kernel compiled from CUDA source. `CudaApi` is that interface;
+`PycudaApi` implements it with pycuda, and `open_cuda` is the one place that decides
+"no pycuda" or "no usable GPU" (a DependencyError saying which). The interface names
+nothing of pycuda's, so a cuda-python implementation can stand beside it.
+
+Importing this module imports neither pycuda nor numpy: a station without a GPU reads
+it (the runtime imports it at start-up) and only `open_cuda` needs the driver.
+
+Every call except `primary_context` acts in the CUDA context current on the calling
+thread: callers wrap their work in `with context.active():`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING, Any, Protocol
+
+from edgeas.errors import DependencyError, require
+
+if TYPE_CHECKING:
+    import numpy as np
+
+HINT = "on the GPU machine: pip install pycuda (needs the CUDA toolkit and driver)"
+NVCC_HINT = "put the CUDA toolkit's nvcc on PATH (/usr/local/cuda/bin on Jetson)"
+
+
+class Stream(Protocol):
+    """A CUDA stream: `handle` is what TensorRT's `execute_async_v3` takes."""
+
+    @property
+    def handle(self) -> int: ...
+
+    def synchronize(self) -> None: ...
+
+
+class DeviceBuffer(Protocol):
+    """Device memory of `nbytes`; copies move `host.nbytes` from or to its start."""
+
+    @property
+    def nbytes(self) -> int: ...
+
+    @property
+    def ptr(self) -> int: ...
+
+    def copy_from_host(self, host: np.ndarray, stream: Stream | None = None) -> None: ...
+
+    def copy_to_host(self, host: np.ndarray, stream: Stream | None = None) -> None: ...
+
+    def free(self) -> None: ...
+
+
+class Kernel(Protocol):
+    """A compiled `extern "C"` kernel; `args` are numpy scalars and DeviceBuffers."""
+
+    def launch(self, grid: tuple[int, ...], block: tuple[int, ...], args: Sequence[Any],
+               stream: Stream | None = None) -> None: ...
+
+
+class Context(Protocol):
+    """A retained primary context: `active()` pushes it and pops it exactly once."""
+
+    def active(self) -> AbstractContextManager[None]: ...
+
+    def release(self) -> None: ...
+
+
+class CudaApi(Protocol):
+    """What edgeas needs from CUDA (one device)."""
+
+    name: str
+
+    def device_name(self) -> str: ...
+
+    def compute_capability(self) -> str: ...
+
+    def primary_context(self) -> Context: ...
+
+    def stream(self) -> Stream: ...
+
+    def alloc(self, nbytes: int) -> DeviceBuffer: ...
+
+    def pinned_empty(self, shape: Sequence[int], dtype: Any) -> np.ndarray: ...
+
+    def load_kernel(self, source: str, name: str, *, include_dirs: Sequence[str] = (),
+                    options: Sequence[str] = (), label: str = "the kernel") -> Kernel: ...
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _check_size(host: np.ndarray, nbytes: int, what: str) -> None:
+    # a larger host array would write past the allocation: refuse before the driver
+    if host.nbytes > nbytes:
+        raise ValueError(f"{what}: {host.nbytes} bytes do not fit a {nbytes}-byte device buffer")
+    if not host.flags.c_contiguous:
+        raise ValueError(f"{what}: the host array must be C-contiguous")
+
+
+class _PycudaContext:
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self._released = False
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        self._context.push()  # a failed push pushed nothing, so nothing to pop
+        try:
+            yield
+        finally:
+            # pop on the instance: pycuda's Context.pop is static (pops this thread's top)
+            self._context.pop()
+
+    def release(self) -> None:
+        """Detach (release) the retained primary context; a second call does nothing."""
+        if not self._released:
+            self._released = True
+            self._context.detach()
+
+
+class _PycudaStream:
+    def __init__(self, stream: Any) -> None:
+        self.raw = stream
+
+    @property
+    def handle(self) -> int:
+        return int(self.raw.handle)
+
+    def synchronize(self) -> None:
+        self.raw.synchronize()
+
+
+def _raw_stream(stream: Stream | None) -> Any:
+    if stream is None or isinstance(stream, _PycudaStream):
+        return None if stream is None else stream.raw
+    # another implementation's stream would silently run on the default stream
+    raise TypeError(f"not a stream of PycudaApi: {stream!r}")
+
+
+class _PycudaBuffer:
+    def __init__(self, driver: Any, nbytes: int) -> None:
+        self._driver = driver
+        self._nbytes = int(nbytes)
+        self.raw: Any = driver.mem_alloc(self._nbytes)
+
+    @property
+    def nbytes(self) -> int:
+        return self._nbytes
+
+    def _live(self) -> Any:
+        if self.raw is None:
+            raise RuntimeError("this device buffer was freed")
+        return self.raw
+
+    @property
+    def ptr(self) -> int:
+        return int(self._live())
+
+    def copy_from_host(self, host: np.ndarray, stream: Stream | None = None) -> None:
+        _check_size(host, self._nbytes, "copy to the device")
+        if stream is None:
+            self._driver.memcpy_htod(self._live(), host)
+        else:
+            self._driver.memcpy_htod_async(self._live(), host, _raw_stream(stream))
+
+    def copy_to_host(self, host: np.ndarray, stream: Stream | None = None) -> None:
+        _check_size(host, self._nbytes, "copy to the host")
+        if stream is None:
+            self._driver.memcpy_dtoh(host, self._live())
+        else:
+            self._driver.memcpy_dtoh_async(host, self._live(), _raw_stream(stream))
+
+    def free(self) -> None:
+        """Release the memory now (cuMemFree); a second call does nothing."""
+        if self.raw is not None:
+            raw, self.raw = self.raw, None
+            raw.free()
+
+
+class _PycudaKernel:
+    def __init__(self, module: Any, function: Any) -> None:
+        self._module = module  # the function is only valid while its module is loaded
+        self._function = function
+
+    def launch(self, grid: tuple[int, ...], block: tuple[int, ...], args: Sequence[Any],
+               stream: Stream | None = None) -> None:
+        raw = [a._live() if isinstance(a, _PycudaBuffer) else a for a in args]
+        self._function(*raw, grid=tuple(grid), block=tuple(block), stream=_raw_stream(stream))
+
+
+class PycudaApi:
+    """`CudaApi` on pycuda (`pycuda.driver`, `pycuda.compiler.SourceModule`)."""
+
+    name = "pycuda"
+
+    def __init__(self, device: int = 0) -> None:
+        self._driver = require("pycuda.driver", "pycuda")
+        try:
+            self._driver.init()
+            self._device = self._driver.Device(device)
+        except Exception as exc:  # pycuda raises driver.Error subclasses (no driver, no GPU)
+            raise DependencyError(f"no usable CUDA device ({_first_line(exc)})",
+                                  hint=HINT) from exc
+
+    def device_name(self) -> str:
+        return str(self._device.name())
+
+    def compute_capability(self) -> str:
+        major, minor = self._device.compute_capability()
+        return f"{major}.{minor}"
+
+    def primary_context(self) -> _PycudaContext:
+        try:
+            return _PycudaContext(self._device.retain_primary_context())
+        except Exception as exc:  # e.g. compute mode "prohibited", a driver/GPU mismatch
+            raise DependencyError(f"no usable CUDA device ({_first_line(exc)})",
+                                  hint=HINT) from exc
+
+    def stream(self) -> _PycudaStream:
+        return _PycudaStream(self._driver.Stream())
+
+    def alloc(self, nbytes: int) -> _PycudaBuffer:
+        return _PycudaBuffer(self._driver, nbytes)
+
+    def pinned_empty(self, shape: Sequence[int], dtype: Any) -> np.ndarray:
+        return self._driver.pagelocked_empty(tuple(shape), dtype)
+
+    def load_kernel(self, source: str, name: str, *, include_dirs: Sequence[str] = (),
+                    options: Sequence[str] = (), label: str = "the kernel") -> _PycudaKernel:
+        compiler = require("pycuda.compiler", "pycuda")
+        try:
+            # no_extern_c: the source declares its own extern "C" entry points, as it
+            # would for nvrtc, so one .cu serves every implementation
+            module = compiler.SourceModule(source, options=list(options) or None,
+                                           include_dirs=list(include_dirs), no_extern_c=True)
+        except Exception as exc:  # CompileError, or nvcc missing from PATH
+            raise DependencyError(f"cannot compile {label} with nvcc ({_first_line(exc)})",
+                                  hint=NVCC_HINT) from exc
+        return _PycudaKernel(module, module.get_function(name))
+
+
+def open_cuda(device: int = 0) -> CudaApi:
+    """The CUDA layer for `device`: a DependencyError when pycuda or a usable GPU is missing."""
+    return PycudaApi(device)
