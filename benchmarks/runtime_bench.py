@@ -34,9 +34,9 @@ import cv2
 import numpy as np
 from publish import write_results
 
+from edgeas.postprocess import resolve
 from edgeas.runtime.backends import open_backend
 from edgeas.runtime.bench import bench_backend, bench_pipeline, machine_info
-from edgeas.runtime.pipeline import resolve_settings
 from edgeas.runtime.sources import open_source, parse_source
 
 THRESHOLD = 0.5  # random-init models have none; decisions do not change the timing
@@ -87,7 +87,7 @@ def one_preset(preset: str, work: Path, frames: int, rounds: int,
                 continue
             _, mode, size = task.split("/")
             w, h = (int(v) for v in size.split("x"))
-            settings = resolve_settings(backend.metadata, THRESHOLD, None, mode)
+            settings = resolve(backend.record, THRESHOLD, None, mode)
             source = open_source(parse_source(video=str(videos[(h, w)])))
             # the pipeline's first frames warm its buffers; then `frames` are timed
             bench_pipeline(backend, settings, source, WARMUP, 1)

@@ -12,13 +12,14 @@ from edgeas.aggregate import (
     clean_and_decide,
     decide,
     image_score,
-    naive_aggregate,
     remove_small_regions,
 )
 from edgeas.runtime.backends import Backend, OnnxRuntimeBackend, open_backend
 from edgeas.runtime.events import EventLog, EventWriter
-from edgeas.runtime.pipeline import Pipeline, Settings, Sinks, resolve_settings
+from edgeas.runtime.pipeline import Pipeline
 from edgeas.runtime.preprocess import Preprocessor
+from edgeas.runtime.sink import FrameResult, Sink, SinkContext
+from edgeas.runtime.sinks import build_sinks
 from edgeas.runtime.sources import SourceSpec, open_source, parse_source
 from edgeas.runtime.station import StreamOptions, load_station
 
@@ -26,22 +27,22 @@ __all__ = [
     "Backend",
     "EventLog",
     "EventWriter",
+    "FrameResult",
     "OnnxRuntimeBackend",
     "Pipeline",
     "Preprocessor",
-    "Settings",
-    "Sinks",
+    "Sink",
+    "SinkContext",
     "SourceSpec",
     "StreamOptions",
     "aggregate",
+    "build_sinks",
     "clean_and_decide",
     "decide",
     "image_score",
     "load_station",
-    "naive_aggregate",
     "open_backend",
     "open_source",
     "parse_source",
     "remove_small_regions",
-    "resolve_settings",
 ]

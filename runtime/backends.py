@@ -17,9 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from edgeas.artifacts import ENGINE_SUFFIXES, read_engine_metadata, read_onnx_metadata
+from edgeas.artifacts import ENGINE_SUFFIXES, read_engine_metadata, read_onnx_record
 from edgeas.errors import ArtifactError, ConfigError, require
+from edgeas.ort import open_session
 from edgeas.preprocess import Recipe
+from edgeas.record import ModelRecord
 
 # Preferred first; the first available one runs each node it supports.
 ORT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -28,12 +30,12 @@ ORT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecu
 class Backend:
     """What the pipeline needs from an inference engine.
 
-    Subclasses set `metadata`, `output_names` (res1 first), `batch` (a fixed batch
+    Subclasses set `record`, `output_names` (res1 first), `batch` (a fixed batch
     size, or None when the model takes any) and `device`/`precision` for reports.
     """
 
     name = "backend"
-    metadata: dict[str, Any]
+    record: ModelRecord
     output_names: list[str]
     batch: int | None = 1
     device = "cpu"
@@ -41,7 +43,7 @@ class Backend:
 
     @property
     def recipe(self) -> Recipe:
-        return Recipe.from_metadata(self.metadata)
+        return self.record.preprocessing
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -81,22 +83,11 @@ class Backend:
             "precision": self.precision,
             "input_size": [h, w],
             "batch": self.batch,
-            "preset": self.metadata.get("preset"),
+            "preset": self.record.model.preset,
         }
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to free
         pass
-
-
-def level_outputs(meta: dict[str, Any], source: str) -> list[str]:
-    """The per-level output names of the metadata, res1 (finest) first."""
-    try:
-        names = [str(level["output"]) for level in meta["levels"]]
-    except (KeyError, TypeError) as exc:
-        raise ArtifactError(f"{source}: metadata 'levels' lacks output names ({exc!r})") from exc
-    if not names:
-        raise ArtifactError(f"{source}: metadata lists no levels")
-    return names
 
 
 def _squeeze_level(out: np.ndarray, name: str, source: str) -> np.ndarray:
@@ -116,8 +107,8 @@ class OnnxRuntimeBackend(Backend):
                  threads: int | None = None) -> None:
         ort = require("onnxruntime", "onnxruntime", "runtime")
         self.path = Path(path)
-        self.metadata = read_onnx_metadata(self.path)
-        self.output_names = level_outputs(self.metadata, str(self.path))
+        self.record = read_onnx_record(self.path)
+        self.output_names = list(self.record.model.outputs)
         available = ort.get_available_providers()
         if providers == "cpu":
             chosen = ["CPUExecutionProvider"]
@@ -130,11 +121,9 @@ class OnnxRuntimeBackend(Backend):
                     f"ONNX Runtime here lacks {', '.join(missing)} (has {', '.join(available)})"
                 )
             chosen = list(providers)
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = int(threads)
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=chosen)
+            # the core's factory: an FP16 model gets the same crash guard as in export
+            self.session = open_session(self.path, chosen, threads=threads, quiet=False)
         except Exception as exc:  # ORT raises its own exception types for bad graphs
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ArtifactError(f"{self.path}: ONNX Runtime cannot load it ({first})") from exc
@@ -142,7 +131,7 @@ class OnnxRuntimeBackend(Backend):
         active = self.session.get_providers()
         self.device = "cuda" if active[0] != "CPUExecutionProvider" else "cpu"
         self.name = f"onnxruntime {ort.__version__} ({active[0]})"
-        self.precision = str(self.metadata.get("precision", "fp32"))
+        self.precision = self.record.precision
 
     def _check_io(self) -> None:
         inputs = self.session.get_inputs()

@@ -25,8 +25,9 @@ from rich.console import Console
 
 from edgeas.errors import ConfigError
 from edgeas.fileio import atomic_write_text
+from edgeas.postprocess import Settings, resolve
 from edgeas.runtime.backends import Backend, open_backend
-from edgeas.runtime.pipeline import Pipeline, Settings, Sinks, resolve_settings
+from edgeas.runtime.pipeline import Pipeline
 from edgeas.runtime.sources import Source, SourceSpec, open_source, parse_source
 from edgeas.runtime.stats import Ring, format_stages
 
@@ -110,7 +111,7 @@ def bench_backend(backend: Backend, frames: int, batch: int, warmup: int = 3) ->
 
 def bench_pipeline(backend: Backend, settings: Settings, source: Source, frames: int,
                    batch: int) -> dict[str, Any]:
-    pipeline = Pipeline(backend, source, settings, Sinks(render=True), max_frames=frames,
+    pipeline = Pipeline(backend, source, settings, render=True, max_frames=frames,
                         batch=batch)
     summary = pipeline.run()
     return {"frames": summary["frames"], "fps": summary["fps"], "stages": summary["stages"],
@@ -125,10 +126,9 @@ def run_bench(model: str | Path, frames: int = 100, batch: int = 1, video: str |
     load_before = os.getloadavg()
     backend = open_backend(model, device)
     try:
-        meta = backend.metadata
-        if threshold is None and (meta.get("threshold") or {}).get("value") is None:
+        if threshold is None and not backend.record.threshold.is_set:
             threshold = TIMING_THRESHOLD
-        settings = resolve_settings(meta, threshold, None, None, str(model))
+        settings = resolve(backend.record, threshold, None, None, str(model))
         only = bench_backend(backend, frames, batch, warmup)
         if video is not None:
             source = open_source(parse_source(video=video))
@@ -137,7 +137,7 @@ def run_bench(model: str | Path, frames: int = 100, batch: int = 1, video: str |
             source = MemorySource(synthetic_frames(hw), frames + warmup * batch)
         try:
             # warm the pipeline's own buffers (scratch maps, JPEG tables) before timing
-            Pipeline(backend, source, settings, Sinks(render=True), max_frames=warmup * batch,
+            Pipeline(backend, source, settings, render=True, max_frames=warmup * batch,
                      batch=batch).run()
             pipe = bench_pipeline(backend, settings, source, frames, batch)
         finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sys
@@ -13,9 +12,10 @@ from rich.console import Console
 
 from edgeas.errors import ConfigError
 from edgeas.fileio import atomic_write_text
+from edgeas.postprocess import resolve
 from edgeas.runtime.backends import open_backend
-from edgeas.runtime.events import EventLog, EventWriter
-from edgeas.runtime.pipeline import Pipeline, Sinks, describe_summary, resolve_settings
+from edgeas.runtime.pipeline import Pipeline, describe_summary
+from edgeas.runtime.sinks import build_sinks
 from edgeas.runtime.sources import open_source, parse_source
 from edgeas.runtime.station import StreamOptions, load_station
 
@@ -54,7 +54,7 @@ def run_stream(options: StreamOptions, device: str = "auto") -> dict[str, Any]:
     """Run a stream to its end; returns the summary (also used by tests and the bench)."""
     backend = open_backend(options.model, device)
     try:
-        settings = resolve_settings(backend.metadata, options.threshold, options.min_area,
+        settings = resolve(backend.record, options.threshold, options.min_area,
                                     options.aggregation, str(options.model))
         source = open_source(parse_source(options.source))
         try:
@@ -66,46 +66,23 @@ def run_stream(options: StreamOptions, device: str = "auto") -> dict[str, Any]:
 
 
 def _run(backend, source, settings, options: StreamOptions) -> dict[str, Any]:
-    sinks = Sinks(window=options.show)
-    with contextlib.ExitStack() as stack:
-        if options.serve is not None:
-            from edgeas.runtime.server import LiveServer, parse_address
-
-            sinks.server = LiveServer(*parse_address(options.serve))
-            stack.callback(sinks.server.close)
-            console.print(f"live view: {sinks.server.url}")
-        if options.record is not None:
-            from edgeas.runtime.sinks import Recorder
-
-            sinks.recorder = Recorder(options.record, source.fps)
-            recorder = sinks.recorder
-        if options.events_dir is not None:
-            log = EventLog(options.events_dir, options.events_budget_mb, source.spec.uri)
-            sinks.events = EventWriter(log)
-            stack.callback(sinks.events.close)
+    sinks = build_sinks(options, source, console)
+    try:
         pipeline = Pipeline(backend, source, settings, sinks, options.max_frames, options.batch,
                             model_label=Path(options.model).name)
-        console.print(
-            f"streaming {source.spec.uri} through {Path(options.model).name} "
-            f"({backend.name}, {backend.device}); threshold {settings.threshold:.5g} "
-            f"({settings.threshold_origin}), min_area {settings.min_area}, "
-            f"{settings.mode} aggregation"
-        )
-        try:
-            summary = pipeline.run()
-        except BaseException:
-            if sinks.recorder is not None:
-                recorder.abort()
-            raise
-        if sinks.recorder is not None:
-            recorder.close()
-            summary["recording"] = {"path": str(options.record), "frames": recorder.frames}
-    # the ExitStack has drained the event queue: the counts below are final
-    if sinks.events is not None:
-        ev = sinks.events.events
-        summary["events"] = {"dir": str(ev.dir), "written": ev.written, "deleted": ev.deleted,
-                             "failed": ev.failed, "bytes": ev.total_bytes}
-    return summary
+    except BaseException as exc:
+        for sink in reversed(sinks):  # never opened: a running pipeline would close them
+            sink.close(exc)
+        raise
+    console.print(
+        f"streaming {source.spec.uri} through {Path(options.model).name} "
+        f"({backend.name}, {backend.device}); threshold {settings.threshold:.5g} "
+        f"({settings.threshold_origin}), min_area {settings.min_area}, "
+        f"{settings.mode} aggregation"
+    )
+    # the pipeline closes the sinks (the recording renamed into place or deleted, the
+    # event queue drained) before it returns: the summary's counts are final
+    return pipeline.run()
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ budget so that the log is not rewritten for every new event.
 
 Encoding a 1080p PNG takes tens of milliseconds, so `EventWriter` does it on its own
 thread; its queue blocks when full (back-pressure, never a lost event) and is drained
-on close.
+on close. As a sink of the stream (runtime/sink.py) it writes each NG frame it is given.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import numpy as np
 
 from edgeas.errors import ConfigError, StreamError
 from edgeas.fileio import atomic_write_bytes, atomic_write_text
+from edgeas.runtime.sink import FrameResult, Sink, SinkContext
 
 log = logging.getLogger("edgeas.stream")
 LOG_NAME = "events.jsonl"
@@ -183,15 +184,26 @@ def _png(image: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-class EventWriter:
+class EventWriter(Sink):
     """EventLog on a background thread. `submit` blocks when the queue is full."""
+
+    name = "events"
 
     def __init__(self, events: EventLog, maxsize: int = 64) -> None:
         self.events = events
         self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
         self.recent: deque[dict[str, Any]] = deque(maxlen=10)
+        self._board: deque[dict[str, Any]] | None = None  # the run's, for the live page
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="edgeas-events", daemon=True)
         self._thread.start()
+
+    def open(self, context: SinkContext) -> None:
+        self._board = context.recent_events
+
+    def on_event(self, result: FrameResult) -> None:
+        self.submit(result.index, result.frame, result.mask, result.score, result.threshold,
+                    result.regions, result.source)
 
     def submit(self, frame_index: int, frame: np.ndarray, mask: np.ndarray, score: float,
                threshold: float, regions: list[list[int]], source: str | None = None) -> None:
@@ -210,8 +222,18 @@ class EventWriter:
                 continue
             if rec is not None:
                 self.recent.appendleft(rec)
+                if self._board is not None:
+                    self._board.appendleft(rec)
 
-    def close(self) -> None:
-        """Write every queued event, then stop."""
+    def close(self, error: BaseException | None = None) -> None:
+        """Write every queued event, then stop (a failed run's events are written too)."""
+        if self._closed:
+            return
+        self._closed = True
         self._queue.put(None)
         self._thread.join()
+
+    def summary(self) -> dict[str, Any]:
+        ev = self.events
+        return {"events": {"dir": str(ev.dir), "written": ev.written, "deleted": ev.deleted,
+                           "failed": ev.failed, "bytes": ev.total_bytes}}

@@ -5,12 +5,16 @@ Runtime and TensorRT) is rarely idle:
 
     reader:  source.read + preprocessing into a batch        -> queue (2 batches)
     infer:   backend.infer                                    -> queue (2 batches)
-    post:    aggregation at frame size, min-area, decision, render, sinks
+    post:    aggregation at frame size, min-area, decision, render, fan-out to the sinks
 
 Queues are short so that a live camera never builds a backlog (its capture thread
 already keeps only the newest frame). A stop request (SIGINT/SIGTERM, `--max-frames`,
-the end of a file) stops the reader; the frames already read still flow through, so
-every event is written and the recording is closed properly.
+the end of a file, a sink asking) stops the reader; the frames already read still flow
+through, so every event is written and the recording is closed properly.
+
+The post stage only decides and fans out: the outputs are `Sink`s (runtime/sink.py),
+opened, fed and closed on the post thread, each timed into the stage stats; the
+overlay is rendered once, and only when asked (`render=True`) or a sink needs it.
 """
 
 from __future__ import annotations
@@ -20,63 +24,25 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from edgeas.aggregate import MODES, aggregate, clean_and_decide, image_score
+from edgeas.aggregate import aggregate, clean_and_decide, image_score
 from edgeas.errors import ConfigError, DependencyError, EdgeasError, StreamError
+from edgeas.postprocess import Settings
 from edgeas.runtime.backends import Backend
-from edgeas.runtime.events import EventWriter
 from edgeas.runtime.preprocess import Preprocessor
 from edgeas.runtime.render import render
+from edgeas.runtime.sink import Fanout, FrameResult, Sink, SinkContext
 from edgeas.runtime.sources import Source
 from edgeas.runtime.stats import RollingRate, StageStats, format_stages
 
 log = logging.getLogger("edgeas.stream")
 _END = object()
-PUBLISH_IDLE_S = 1.0  # refresh the server's frame this often even when nobody watches
-
-
-@dataclass(frozen=True)
-class Settings:
-    threshold: float
-    threshold_origin: str
-    min_area: int
-    mode: str
-    blur: list[tuple[int, float]] | None = None
-
-
-def resolve_settings(meta: dict[str, Any], threshold: float | None = None,
-                     min_area: int | None = None, mode: str | None = None,
-                     model: str = "the model") -> Settings:
-    """Threshold, min_area and aggregation mode: explicit values over the metadata's."""
-    rec = meta.get("threshold") or {}
-    agg = meta.get("aggregation") or {}
-    if threshold is not None:
-        tau, origin = float(threshold), "override"
-    elif rec.get("value") is not None:
-        tau, origin = float(rec["value"]), f"metadata ({rec.get('policy')}, {rec.get('mode')})"
-    else:
-        raise ConfigError(
-            f"{model} has no fitted threshold (its metadata threshold.value is null)",
-            hint="pass --threshold T (or `threshold:` in the station file), or train with "
-            "held-out normal images so that one is fitted",
-        )
-    mode = mode or agg.get("mode") or "fused"
-    if mode not in MODES:
-        raise ConfigError(f"aggregation mode '{mode}' is not one of {', '.join(MODES)}")
-    fitted = rec.get("mode")
-    if origin != "override" and fitted and fitted != mode:
-        log.warning("the threshold was fitted on %s maps but the stream aggregates in %s mode; "
-                    "decisions will shift (refit, or pass --threshold)", fitted, mode)
-    area = int(min_area if min_area is not None else meta.get("min_area") or 0)
-    if area < 0:
-        raise ConfigError(f"min_area must be >= 0, got {area}")
-    blur = [(int(k), float(s)) for k, s in agg["blur"]] if agg.get("blur") else None
-    return Settings(tau, origin, area, mode, blur)
 
 
 @dataclass
@@ -88,18 +54,13 @@ class _Batch:
     started: list[float] = field(default_factory=list)
 
 
-@dataclass
-class Sinks:
-    server: Any = None  # LiveServer
-    recorder: Any = None  # Recorder
-    window: bool = False
-    events: EventWriter | None = None
-    render: bool = False  # render even without a sink that shows frames (benchmarks)
-
-
 class Pipeline:
-    def __init__(self, backend: Backend, source: Source, settings: Settings, sinks: Sinks,
-                 max_frames: int | None = None, batch: int = 1, model_label: str = "") -> None:
+    """`sinks`: the outputs, fed in this order (runtime/sinks.py build_sinks makes them);
+    `render`: draw the overlay of every frame even when no sink needs it (benchmarks)."""
+
+    def __init__(self, backend: Backend, source: Source, settings: Settings,
+                 sinks: Sequence[Sink] = (), max_frames: int | None = None, batch: int = 1,
+                 model_label: str = "", render: bool = False) -> None:
         if batch < 1:
             raise ConfigError(f"--batch must be >= 1, got {batch}")
         if backend.batch is not None and batch > backend.batch:
@@ -107,17 +68,18 @@ class Pipeline:
                               hint="export with --dynamic-batch for larger batches")
         if max_frames is not None and max_frames < 1:
             raise ConfigError(f"--max-frames must be >= 1, got {max_frames}")
-        self.backend, self.source, self.settings, self.sinks = backend, source, settings, sinks
+        self.backend, self.source, self.settings = backend, source, settings
         self.max_frames, self.batch, self.model_label = max_frames, batch, model_label
+        self.render = render
         self.pre = Preprocessor(backend.recipe)
         self.stats = StageStats()
+        self.sinks = Fanout(sinks, self.stats)
         self.rate = RollingRate()
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
         self.ng = self.skipped = 0
         self.last: dict[str, Any] = {}
         self._gpu_agg = self._gpu_aggregator()
-        self._published = 0.0
 
     def _gpu_aggregator(self):
         if self.settings.mode != "fused" or not hasattr(self.backend, "gpu_aggregator"):
@@ -203,18 +165,16 @@ class Pipeline:
             out.put(_END)
 
     def _post(self, inp: queue.Queue) -> None:
-        window = None
         try:
-            if self.sinks.window:
-                from edgeas.runtime.sinks import Window
-
-                window = Window()
+            self.sinks.open(SinkContext(self.source.spec.uri, self.source.live,
+                                        self.source.fps, self.model_label,
+                                        self.settings.threshold))
             while (got := inp.get()) is not _END:
                 if self.errors:
                     continue
                 item, maps = got
                 for j, frame in enumerate(item.frames):
-                    keep = self._one(frame, [m[j] for m in maps], item, j, window)
+                    keep = self._one(frame, [m[j] for m in maps], item, j)
                     if not keep:
                         self.stop.set()
         except BaseException as exc:
@@ -222,11 +182,12 @@ class Pipeline:
             while inp.get() is not _END:
                 pass
         finally:
-            if window is not None:
-                window.close()
+            try:  # every sink, once (after a failed open too: that closed them already)
+                self.sinks.close(self.errors[0] if self.errors else None)
+            except BaseException as exc:
+                self.errors.append(exc)
 
-    def _one(self, frame: np.ndarray, maps: list[np.ndarray], item: _Batch, j: int,
-             window: Any) -> bool:
+    def _one(self, frame: np.ndarray, maps: list[np.ndarray], item: _Batch, j: int) -> bool:
         s = self.settings
         t0 = time.perf_counter()
         out_hw = frame.shape[:2]
@@ -238,40 +199,28 @@ class Pipeline:
         mask, is_ng, regions = clean_and_decide(mask, s.min_area)
         t1 = time.perf_counter()
         self.stats.add("aggregate", t1 - t0)
-        sinks, server = self.sinks, self.sinks.server
         fps = self.rate.rate()
-        status = f"{fps:.1f} FPS" if fps else ""
-        publish = server is not None and (server.viewers > 0 or t1 - self._published
-                                          > PUBLISH_IDLE_S)
         shown = None
-        if publish or sinks.render or sinks.recorder is not None or window is not None:
-            shown = render(frame, amap, mask, regions, is_ng, score, s.threshold, status)
+        if self.render or self.sinks.needs_render:
+            shown = render(frame, amap, mask, regions, is_ng, score, s.threshold,
+                           f"{fps:.1f} FPS" if fps else "")
         t2 = time.perf_counter()
         if shown is not None:
             self.stats.add("render", t2 - t1)
         if is_ng:
             self.ng += 1
-            if sinks.events is not None:
-                sinks.events.submit(item.indices[j], frame, mask, score, s.threshold, regions,
-                                    item.labels[j])
-        if sinks.recorder is not None:
-            sinks.recorder.write(shown)
-        keep = window.show(shown) if window is not None else True
+        result = FrameResult(item.indices[j], item.labels[j], frame, amap, mask, is_ng, score,
+                             s.threshold, regions, t2 - item.started[j], fps,
+                             self.source.dropped, self.model_label, shown)
+        keep = self.sinks.frame(result)
         done = time.perf_counter()
         latency = done - item.started[j]
         self.stats.add("sinks", done - t2)
         self.stats.add("latency", latency)
         self.stats.done(done)
         self.rate.tick(done)
-        self.last = {"frame": item.indices[j], "score": score, "verdict": "NG" if is_ng else "OK",
-                     "threshold": s.threshold, "regions": regions, "latency_ms": latency * 1e3,
-                     "fps": self.rate.rate(), "dropped": self.source.dropped,
-                     "source": item.labels[j], "model": self.model_label}
-        if server is not None:
-            events = list(sinks.events.recent) if sinks.events is not None else []
-            server.publish(shown if publish else None, dict(self.last, events=events))
-            if publish:
-                self._published = t1
+        # the status after the sinks: end-to-end latency and the rate with this frame in it
+        self.last = dict(result.status(), latency_ms=latency * 1e3, fps=self.rate.rate())
         return keep
 
     # ------------------------------------------------------------------ run
@@ -289,9 +238,14 @@ class Pipeline:
         with _stop_on_signals(self.stop):
             for t in threads:
                 t.start()
-            for t in threads:
-                while t.is_alive():
-                    t.join(timeout=0.2)  # short joins keep the main thread responsive to signals
+            try:
+                for t in threads:
+                    while t.is_alive():
+                        t.join(timeout=0.2)  # short joins keep the main thread responsive
+            except BaseException as exc:  # a second Ctrl-C: the threads drain, sinks see a failure
+                self.errors.append(exc)
+                self.stop.set()
+                raise
         if self.errors:
             raise self.errors[0]
         return self.summary(time.perf_counter() - start)
@@ -314,6 +268,7 @@ class Pipeline:
             "aggregation": self.settings.mode + (" (gpu)" if self._gpu_agg else ""),
             "backend": self.backend.describe(),
             "stopped": self.stop.is_set(),
+            **self.sinks.summary(),  # what the sinks add: `recording`, `events`
         }
 
 
@@ -352,5 +307,4 @@ def describe_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Pipeline", "Settings", "Sinks", "StreamError", "describe_summary",
-           "resolve_settings"]
+__all__ = ["Pipeline", "StreamError", "describe_summary"]

@@ -7,7 +7,9 @@
 
 The pipeline only hands over its newest frame and status (`publish`); JPEG encoding
 happens in the HTTP threads, once per frame however many viewers there are, and only
-when someone is watching. The default bind is 127.0.0.1: serving the network is an
+when someone is watching. As a sink of the stream (runtime/sink.py) it wants the
+rendered overlay only while someone watches, or once a second so that the first
+viewer sees a recent frame. The default bind is 127.0.0.1: serving the network is an
 explicit choice (0.0.0.0).
 """
 
@@ -16,6 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
+from collections import deque
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,6 +29,7 @@ import cv2
 import numpy as np
 
 from edgeas.errors import ConfigError, StreamError
+from edgeas.runtime.sink import FrameResult, Sink, SinkContext
 
 log = logging.getLogger("edgeas.stream")
 PAGE = Path(__file__).resolve().parent / "static" / "live.html"
@@ -32,6 +37,7 @@ DEFAULT_HOST = "127.0.0.1"
 BOUNDARY = "edgeasframe"
 MAX_STREAM_CLIENTS = 8
 JPEG_QUALITY = 80
+PUBLISH_IDLE_S = 1.0  # refresh the served frame this often even when nobody watches
 
 
 def parse_address(value: str, default_port: int = 8080) -> tuple[str, int]:
@@ -153,8 +159,10 @@ class _Handler(BaseHTTPRequestHandler):
                 state.clients -= 1
 
 
-class LiveServer:
+class LiveServer(Sink):
     """The HTTP server on its own threads; `publish` is cheap and never blocks on viewers."""
+
+    name = "live"
 
     def __init__(self, host: str = DEFAULT_HOST, port: int = 8080) -> None:
         self.state = _State()
@@ -169,6 +177,9 @@ class LiveServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="edgeas-http",
                                         daemon=True)
         self._thread.start()
+        self._published = 0.0  # perf_counter of the last frame handed over
+        self._board: deque[dict[str, Any]] | None = None
+        self._closed = False
 
     @property
     def url(self) -> str:
@@ -188,7 +199,29 @@ class LiveServer:
             self.state.status = dict(status, running=True)
             self.state.cond.notify_all()
 
-    def close(self) -> None:
+    def _frame_due(self, now: float) -> bool:
+        return self.viewers > 0 or now - self._published > PUBLISH_IDLE_S
+
+    @property
+    def needs_render(self) -> bool:
+        return self._frame_due(time.perf_counter())
+
+    def open(self, context: SinkContext) -> None:
+        self._board = context.recent_events
+
+    def on_frame(self, result: FrameResult) -> None:
+        """The status every frame; the overlay when someone watches or the refresh is due."""
+        now = time.perf_counter()
+        frame = result.rendered if result.rendered is not None and self._frame_due(now) else None
+        events = list(self._board) if self._board is not None else []
+        self.publish(frame, dict(result.status(), events=events))
+        if frame is not None:
+            self._published = now
+
+    def close(self, error: BaseException | None = None) -> None:
+        if self._closed:
+            return
+        self._closed = True
         with self.state.cond:
             self.state.closing = True
             self.state.status = dict(self.state.status, running=False)

@@ -1,4 +1,9 @@
-"""Local sinks of annotated frames: a recording (`--record FILE`) and a window (`--show`)."""
+"""The sinks edgeas ships and the one factory that builds them from the stream's options.
+
+Local ones live here: a recording (`--record FILE`) and a window (`--show`); the live
+page is runtime/server.py, the events writer runtime/events.py. The contract they keep
+is runtime/sink.py's.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +11,34 @@ import contextlib
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from edgeas.errors import DependencyError, StreamError
+from edgeas.runtime.events import EventLog, EventWriter
+from edgeas.runtime.sink import FrameResult, Sink, SinkContext
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from edgeas.runtime.sources import Source
+    from edgeas.runtime.station import StreamOptions
 
 # Codecs that OpenCV's bundled FFmpeg writes in these containers.
 FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".avi": "MJPG", ".mkv": "MJPG", ".mov": "mp4v"}
 
 
-class Recorder:
+class Recorder(Sink):
     """Annotated frames to a video file. The file is written under a temporary name and
-    renamed on close, so a player never opens a half-written recording."""
+    renamed on close, so a player never opens a half-written recording; a run that
+    failed deletes it instead."""
+
+    name = "recording"
 
     def __init__(self, path: str | Path, fps: float | None) -> None:
+        self.label = str(path)  # as given: the summary names it so
         self.path = Path(path)
         suffix = self.path.suffix.lower()
         if suffix not in FOURCC:
@@ -49,7 +67,19 @@ class Recorder:
         self.writer.write(frame)
         self.frames += 1
 
-    def close(self) -> None:
+    @property
+    def needs_render(self) -> bool:
+        return True  # every frame is recorded
+
+    def on_frame(self, result: FrameResult) -> None:
+        if result.rendered is not None:
+            self.write(result.rendered)
+
+    def close(self, error: BaseException | None = None) -> None:
+        """Rename the recording into place, or delete it when the run failed (`error`)."""
+        if error is not None:
+            self.abort()
+            return
         if self.writer is None:
             return
         self.writer.release()
@@ -63,6 +93,9 @@ class Recorder:
         with contextlib.suppress(FileNotFoundError):
             self.tmp.unlink()
 
+    def summary(self) -> dict[str, Any]:
+        return {"recording": {"path": self.label, "frames": self.frames}}
+
 
 def gui_available() -> bool:
     """True when this OpenCV was built with a GUI backend (opencv-python-headless has none)."""
@@ -70,8 +103,12 @@ def gui_available() -> bool:
     return bool(match) and match.group(1).upper() not in ("NONE", "NO")
 
 
-class Window:
-    """cv2.imshow where OpenCV has a GUI; `q` or Esc in the window asks the loop to stop."""
+class Window(Sink):
+    """cv2.imshow where OpenCV has a GUI; `q` or Esc in the window asks the loop to stop.
+    The checks run when it is made (before the stream starts); the window itself opens
+    on the post thread, which makes every GUI call (OpenCV wants them on one thread)."""
+
+    name = "window"
 
     def __init__(self, title: str = "edgeas") -> None:
         if not gui_available():
@@ -86,13 +123,57 @@ class Window:
             raise DependencyError("--show needs a display, and DISPLAY is not set",
                                   hint="use --serve for a headless station")
         self.title = title
-        cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+        self.opened = False
+
+    @property
+    def needs_render(self) -> bool:
+        return True  # every frame is shown
+
+    def open(self, context: SinkContext) -> None:
+        cv2.namedWindow(self.title, cv2.WINDOW_NORMAL)
+        self.opened = True
 
     def show(self, frame: np.ndarray) -> bool:
         """Display the frame; False when the operator asked to quit."""
         cv2.imshow(self.title, frame)
         return (cv2.waitKey(1) & 0xFF) not in (ord("q"), 27)
 
-    def close(self) -> None:
-        with contextlib.suppress(cv2.error):
-            cv2.destroyWindow(self.title)
+    def on_frame(self, result: FrameResult) -> bool:
+        return self.show(result.rendered) if result.rendered is not None else True
+
+    def close(self, error: BaseException | None = None) -> None:
+        if self.opened:
+            self.opened = False
+            with contextlib.suppress(cv2.error):
+                cv2.destroyWindow(self.title)
+
+
+def build_sinks(options: StreamOptions, source: Source,
+                console: Console | None = None) -> list[Sink]:
+    """The sinks the options ask for (station file or flags), in the order they are fed:
+    events, recording, window, live page. Each is checked as it is made (a bad video
+    type, an unwritable events folder, no GUI, a port in use), before the stream starts;
+    when one fails, the ones already made are closed. The caller hands them to a
+    Pipeline, which closes them when it runs (or closes them itself if it never does)."""
+    sinks: list[Sink] = []
+    try:
+        if options.events_dir is not None:
+            log = EventLog(options.events_dir, options.events_budget_mb, source.spec.uri)
+            sinks.append(EventWriter(log))
+        if options.record is not None:
+            sinks.append(Recorder(options.record, source.fps))
+        if options.show:
+            sinks.append(Window())
+        if options.serve is not None:
+            from edgeas.runtime.server import LiveServer, parse_address
+
+            server = LiveServer(*parse_address(options.serve))
+            sinks.append(server)
+            if console is not None:
+                console.print(f"live view: {server.url}")
+    except BaseException as exc:
+        for sink in reversed(sinks):
+            with contextlib.suppress(Exception):
+                sink.close(exc)
+        raise
+    return sinks

@@ -10,7 +10,8 @@ Live sources (cameras, RTSP) run a capture thread that keeps only the newest fra
 a slow model never builds a backlog; frames replaced before inference took them are
 counted as dropped. When a live source fails, the thread reconnects with backoff and
 logs it. Files and folders are read on demand: no frame is ever dropped, and the end
-of the file ends the run. A source that cannot be opened at start is a StreamError.
+of the file ends the run. A source that cannot be opened at start is a StreamError (exit 1);
+a file or folder path that does not exist is the user's typo, a ConfigError (exit 2).
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ def _local(path: Path, uri: str, want: str | None = None) -> SourceSpec:
         return SourceSpec("file", str(path), uri)
     expected = {"file": "a video file", "folder": "a folder of images"}.get(want or "",
                                                                          "a video file or folder")
-    raise StreamError(f"cannot open source {uri}: {path} is not {expected}",
+    # A path the user named that is not there (or not of that kind) is a usage error.
+    raise ConfigError(f"cannot open source {uri}: {path} is not {expected}",
                       hint="check the path; cameras are v4l2:///dev/videoN or csi://N")
 
 

@@ -58,6 +58,11 @@ class StageStats:
         self.first_start: float | None = None
         self.last_done: float | None = None
 
+    def track(self, stage: str) -> None:
+        """A stage beyond STAGES (one sink's time): added to table(), not to format_stages."""
+        with self._lock:
+            self.rings.setdefault(stage, Ring())
+
     def add(self, stage: str, seconds: float) -> None:
         with self._lock:
             self.rings[stage].add(seconds)

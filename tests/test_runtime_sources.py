@@ -57,8 +57,8 @@ def test_uris_and_flags(tmp_path):
         (dict(uri="csi://left"), ConfigError, "csi://N"),
         (dict(), ConfigError, "no source"),
         (dict(uri="a", camera=0), ConfigError, "several sources"),
-        (dict(uri="/no/such/clip.mp4"), StreamError, "cannot open source /no/such/clip.mp4"),
-        (dict(images="/no/such/dir"), StreamError, "not a folder of images"),
+        (dict(uri="/no/such/clip.mp4"), ConfigError, "cannot open source /no/such/clip.mp4"),
+        (dict(images="/no/such/dir"), ConfigError, "not a folder of images"),
     ],
 )
 def test_bad_source_arguments(kwargs, error, message):

@@ -168,7 +168,7 @@ def test_an_unopenable_source_is_a_one_line_error(model, tmp_path):
         [sys.executable, "-m", "edgeas", "stream", "--model", str(model), "--video",
          str(tmp_path / "missing.mp4")], capture_output=True, text=True, timeout=120,
         env=dict(os.environ, COLUMNS="400"))  # no wrapping by the console
-    assert run.returncode == 1
+    assert run.returncode == 2  # a missing file named on the command line
     lines = [ln for ln in run.stderr.splitlines() if ln.strip()]
     assert lines[0].startswith("error: cannot open source") and "missing.mp4" in lines[0]
     assert lines[1].startswith("hint:") and len(lines) == 2

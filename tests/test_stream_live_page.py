@@ -26,9 +26,10 @@ from test_stream_support import (
 )
 
 from edgeas.errors import ConfigError
-from edgeas.runtime import open_backend, resolve_settings
+from edgeas.postprocess import resolve
+from edgeas.runtime import open_backend
 from edgeas.runtime.events import EventLog, EventWriter
-from edgeas.runtime.pipeline import Pipeline, Sinks
+from edgeas.runtime.pipeline import Pipeline
 from edgeas.runtime.server import LiveServer, parse_address
 from edgeas.runtime.sources import open_source, parse_source
 
@@ -47,8 +48,8 @@ def live(tmp_path_factory):
     source = open_source(parse_source(video=str(clip.path)))
     server = LiveServer("127.0.0.1", 0)
     events = EventWriter(EventLog(root / "events", 100, source.spec.uri))
-    settings = resolve_settings(backend.metadata, THRESHOLD, MIN_AREA)
-    pipeline = Pipeline(backend, source, settings, Sinks(server=server, events=events))
+    settings = resolve(backend.record, THRESHOLD, MIN_AREA)
+    pipeline = Pipeline(backend, source, settings, [events, server])
     runner = threading.Thread(target=pipeline.run, daemon=True)
     runner.start()
     deadline = time.monotonic() + 60

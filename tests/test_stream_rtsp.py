@@ -19,8 +19,9 @@ import cv2
 import pytest
 from test_stream_support import MIN_AREA, THRESHOLD, clean_images, hole_images, trained_model_path
 
-from edgeas.runtime import open_backend, resolve_settings
-from edgeas.runtime.pipeline import Pipeline, Sinks
+from edgeas.postprocess import resolve
+from edgeas.runtime import open_backend
+from edgeas.runtime.pipeline import Pipeline
 from edgeas.runtime.sources import open_source, parse_source
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -118,8 +119,8 @@ def test_rtsp_stream_survives_a_server_restart(tmp_path_factory, tmp_path):
     pipeline = None
     try:
         source = open_source(parse_source(rtsp=f"rtsp://127.0.0.1:{port}/line"))
-        settings = resolve_settings(backend.metadata, THRESHOLD, MIN_AREA)
-        pipeline = Pipeline(backend, source, settings, Sinks())
+        settings = resolve(backend.record, THRESHOLD, MIN_AREA)
+        pipeline = Pipeline(backend, source, settings)
         result: dict = {}
         runner = threading.Thread(target=lambda: result.update(pipeline.run()))
         runner.start()
