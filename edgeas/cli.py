@@ -6,13 +6,35 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from edgeas.errors import EdgeasError
 
+
+class _Root(TyperGroup):
+    """The root command; it reports an EdgeasError in `invoke`, where the context that parsed
+    --debug is alive: the flag lives in that context (`ctx.obj`), not in the process, so
+    one `main()` call's --debug cannot leak into another (tests, embedding programs)."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgeasError as exc:
+            debug = isinstance(ctx.obj, dict) and bool(ctx.obj.get("debug"))
+            if debug or os.environ.get("EDGEAS_DEBUG") == "1":
+                raise
+            console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+            if exc.hint:
+                console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+            raise typer.Exit(exc.exit_code) from exc
+
+
 app = typer.Typer(
+    cls=_Root,
     name="edgeas",
     help="Unified anomaly segmentation: train on normal images, export, run a station.",
     no_args_is_help=True,
@@ -20,14 +42,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
-_state = {"debug": False}
 
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks of errors."),
 ) -> None:
-    _state["debug"] = debug
+    ctx.ensure_object(dict)["debug"] = debug
 
 
 @app.command()
@@ -349,31 +371,36 @@ def bench(
     bench_command(model, frames, batch, json_out, video, frame_size, threshold, device)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI on `argv` (default: sys.argv[1:]); exits with the command's code."""
     try:
         # Without standalone mode click returns the code of a typer.Exit instead of exiting.
-        code = app(standalone_mode=False)
+        # An EdgeasError is reported by _Root.invoke and arrives here as that Exit (or, with
+        # --debug, as itself: the traceback).
+        code = app(args=argv, standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)
-    except EdgeasError as exc:
-        if _state["debug"] or os.environ.get("EDGEAS_DEBUG") == "1":
-            raise
-        console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
-        if exc.hint:
-            console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
-        sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
         console.print("aborted")
         sys.exit(130)
     except Exception as exc:  # click usage errors arrive here with standalone_mode=False
-        import click
-
-        if isinstance(exc, click.ClickException):
+        if isinstance(exc, _usage_errors()):
             exc.show()
             sys.exit(2)
         raise
+
+
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """click's usage-error class and typer's copy (newer typer vendors click as typer._click)."""
+    import click
+
+    try:
+        from typer._click.exceptions import ClickException
+    except ImportError:  # a typer that uses the click package itself
+        return (click.ClickException,)
+    return (click.ClickException, ClickException)
 
 
 if __name__ == "__main__":

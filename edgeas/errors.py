@@ -1,4 +1,20 @@
-"""One error hierarchy: the CLI prints the message and the hint, never a traceback."""
+"""One error hierarchy: the CLI prints the message and the hint, never a traceback.
+
+Which exit code, by one rule (interfaces.md):
+
+- 2, a usage or configuration error (`ConfigError`; `DataError` for the data set the
+  user pointed at): something the user chose is wrong and only they can fix it. A value
+  typed on the command line or in a config/station file (an unknown mode, a threshold
+  parameter out of range, a batch larger than the model or engine takes), and a file or
+  folder named there that does not exist or is not of the kind asked for (a missing
+  model, a missing video).
+- 1, a failure at run time (every other class): the request was valid but could not
+  be carried out. A file that exists but cannot be read or decoded, a camera or stream
+  that fails, what a model produced being unusable (`ModelOutputError`), a missing
+  optional package.
+
+So the same kind of mistake gets the same code whichever backend or source meets it.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +38,7 @@ class EdgeasError(Exception):
 
 
 class ConfigError(EdgeasError):
-    """A config file, preset or command-line value is wrong."""
+    """A config file, preset or command-line value is wrong (or names a missing file)."""
 
     exit_code = 2
 
@@ -39,6 +55,14 @@ class DependencyError(EdgeasError):
 
 class ArtifactError(EdgeasError):
     """A checkpoint, ONNX file or engine is unreadable, unsafe or inconsistent."""
+
+
+class ModelOutputError(ArtifactError):
+    """What a model produced is unusable: a map of the wrong shape, NaN or inf values.
+
+    Not a configuration error: the user's settings were valid, the model (or the data
+    it was given) produced it, so it is a failure at run time (exit 1).
+    """
 
 
 class CalibrationError(EdgeasError):
