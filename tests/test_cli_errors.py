@@ -107,12 +107,12 @@ def test_main_takes_argv_and_keeps_each_calls_flag(monkeypatch, capsys, tmp_path
 
     monkeypatch.delenv("EDGEAS_DEBUG", raising=False)
     missing = str(tmp_path / "missing.onnx")
-    with pytest.raises(ArtifactError):  # --debug: the error itself, i.e. its traceback
+    with pytest.raises(ConfigError):  # --debug: the error itself, i.e. its traceback
         main(["--debug", "inspect", missing])
     capsys.readouterr()
     with pytest.raises(SystemExit) as info:
         main(["inspect", missing])
-    assert info.value.code == ArtifactError.exit_code
+    assert info.value.code == ConfigError.exit_code == 2  # a file named by the user
     err = capsys.readouterr().err
     assert err.startswith("error: file not found") and "Traceback" not in err
 
