@@ -10,10 +10,27 @@ APT_PACKAGES = shellcheck systemd chromium ffmpeg python3-gi gir1.2-gst-rtsp-ser
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly \
 	fonts-dejavu-core
 
-.PHONY: install system-packages demo test lint
+# The exact versions the tests passed with (`make lock` writes it): what `make install`,
+# hence `make demo`, `make test` and CI, installs. pyproject.toml keeps ranges.
+CONSTRAINTS = constraints.txt
+EXTRAS = train,export,runtime,dev
+
+.PHONY: install upgrade lock system-packages demo test test-newest lint
 
 install:
-	$(PYTHON) -m pip install --quiet -e ".[train,export,runtime,dev]"
+	$(PYTHON) -m pip install --quiet -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
+
+# The newest versions the pyproject's ranges allow, for a new lock: `make upgrade`, then
+# `python3 -m pytest -q` (not `make test`: its install goes back to the lock), `make lock`.
+upgrade:
+	$(PYTHON) -m pip install --quiet --upgrade -e ".[$(EXTRAS)]"
+
+# Pins what this environment holds of edgeas's dependency tree (not the rest of a `pip
+# freeze`): run it where the tests have just passed, and commit the file.
+lock:
+	$(PYTHON) .ci/lock.py freeze --extras $(EXTRAS) > $(CONSTRAINTS).new \
+		|| { rm -f $(CONSTRAINTS).new; exit 1; }
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 system-packages:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -42,6 +59,11 @@ demo: install
 
 test: system-packages install
 	$(PYTHON) -m pytest -q
+
+# The CLI's usage tests in a fresh venv with the newest core dependencies (no lock, no
+# extras, no torch): the next release that breaks the CLI fails here, naming what moved.
+test-newest:
+	PYTHON=$(PYTHON) .ci/newest
 
 lint:
 	ruff check .

@@ -157,4 +157,4 @@ def test_usage_errors_exit_2_without_a_traceback(capsys):
             main(argv)
         assert info.value.code == 2, argv
         err = capsys.readouterr().err
-        assert "Traceback" not in err and "Error" in err, argv
+        assert "Traceback" not in err and err.startswith("error: "), argv
