@@ -1,8 +1,10 @@
 """The sinks edgeas ships and the one factory that builds them from the stream's options.
 
-Local ones live here: a recording (`--record FILE`) and a window (`--show`); the live
-page is runtime/server.py, the events writer runtime/events.py. The contract they keep
-is runtime/sink.py's.
+Local ones live here: a recording (`--record FILE`), a window (`--show`) and the
+ground-truth check (`GroundTruthSink`, made without a flag when the source has labels:
+a synth-clip's CLIP.json beside the video, or a CLASS/test/KIND folder); the live page
+is runtime/server.py, the events writer runtime/events.py. The contract they keep is
+runtime/sink.py's.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import cv2
 import numpy as np
 
 from edgeas.errors import DependencyError, StreamError
+from edgeas.groundtruth import GroundTruth, find_ground_truth
 from edgeas.runtime.events import EventLog, EventWriter
 from edgeas.runtime.sink import FrameResult, Sink, SinkContext
 
@@ -148,10 +151,61 @@ class Window(Sink):
                 cv2.destroyWindow(self.title)
 
 
+class GroundTruthSink(Sink):
+    """Counts the stream's calls against ground truth: NG on a defective frame is a true
+    positive, NG on a clean one a false alarm. Frames without a label (past the end of a
+    clip's list) are counted apart. Adds `decisions` to the summary."""
+
+    name = "decisions"
+
+    def __init__(self, truth: GroundTruth) -> None:
+        self.truth = truth
+        self.tp = self.fp = self.tn = self.fn = self.unlabelled = 0
+
+    def on_frame(self, result: FrameResult) -> None:
+        label = self.truth.label(result.index, result.source)
+        ng = int(bool(result.is_ng))  # plain ints: the summary is written as JSON
+        if label is None:
+            self.unlabelled += 1
+        elif label:
+            self.tp += ng
+            self.fn += 1 - ng
+        else:
+            self.fp += ng
+            self.tn += 1 - ng
+
+    def summary(self) -> dict[str, Any]:
+        defective, clean = self.tp + self.fn, self.fp + self.tn
+        return {"decisions": {
+            "truth": self.truth.origin, "by": self.truth.by,
+            "tp": self.tp, "fn": self.fn, "fp": self.fp, "tn": self.tn,
+            "unlabelled": self.unlabelled, "defective": defective, "clean": clean,
+            # None, not NaN, where undefined: the summary is also written as JSON
+            "recall": self.tp / defective if defective else None,
+            "false_ng": self.fp / clean if clean else None,
+        }}
+
+
+def describe_decisions(d: dict[str, Any], skipped: int = 0) -> str:
+    """One line of the summary: the calls against the ground truth."""
+    def part(ng: int, n: int, what: str) -> str:
+        return f"{ng}/{n} {what} NG" + (f" ({100 * ng / n:.1f}%)" if n else "")
+
+    line = (f"decisions vs {d['truth']}: {part(d['tp'], d['defective'], 'defective')}, "
+            f"{part(d['fp'], d['clean'], 'clean')}")
+    if d["unlabelled"]:
+        line += f"; {d['unlabelled']} frames without a label"
+    if skipped and d["by"] == "frame index":
+        # a skipped frame shifts every later frame's index against the clip's list
+        line += f"; {skipped} frames skipped, so later frames may be matched to wrong labels"
+    return line
+
+
 def build_sinks(options: StreamOptions, source: Source,
                 console: Console | None = None) -> list[Sink]:
     """The sinks the options ask for (station file or flags), in the order they are fed:
-    events, recording, window, live page. Each is checked as it is made (a bad video
+    events, recording, window, live page, and the ground-truth check when the source
+    has labels (`edgeas.groundtruth`). Each is checked as it is made (a bad video
     type, an unwritable events folder, no GUI, a port in use), before the stream starts;
     when one fails, the ones already made are closed. The caller hands them to a
     Pipeline, which closes them when it runs (or closes them itself if it never does)."""
@@ -171,6 +225,12 @@ def build_sinks(options: StreamOptions, source: Source,
             sinks.append(server)
             if console is not None:
                 console.print(f"live view: {server.url}")
+        truth = find_ground_truth(source.spec.kind, source.spec.target)
+        if truth is not None:
+            sinks.append(GroundTruthSink(truth))
+            if console is not None:
+                console.print(f"ground truth: {truth.origin} (decisions are counted against "
+                              "it)")
     except BaseException as exc:
         for sink in reversed(sinks):
             with contextlib.suppress(Exception):

@@ -18,6 +18,7 @@ def _edgeas(*args: str):
 @pytest.mark.slow
 def test_synth_train_eval_beats_untrained(tmp_path):
     from edgeas.config import config_from_dict
+    from edgeas.decisions import DECISION_METRICS
     from edgeas.metrics import metric_names
     from edgeas.record import ModelRecord
     from edgeas.train.checkpoint import load_checkpoint
@@ -34,8 +35,8 @@ def test_synth_train_eval_beats_untrained(tmp_path):
 
     result = json.loads((out / "metrics.json").read_text())
     assert set(result) == {"brick", "tissue", "mean"}
-    assert set(result["mean"]) == set(metric_names(with_deploy=True))
-    for name in ("pr_curves.png", "pap_dsc.png", "examples.png"):
+    assert set(result["mean"]) == set(metric_names(with_deploy=True)) | set(DECISION_METRICS)
+    for name in ("pr_curves.png", "pap_dsc.png", "examples.png", "decisions.png"):
         assert (out / name).stat().st_size > 10_000
     # the runtime's fused aggregation is measured against the reference on the same maps
     check = json.loads((out / "aggregation.json").read_text())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,9 @@ from edgeas.record import ModelRecord
 
 console = Console(stderr=True)
 TABLE_METRICS = ("pixel_ap", "dsc", "dsc_deploy", "pixel_auroc", "aupro", "image_auroc", "mad")
+# the station's OK/NG quality, a table of its own (short headings: it must fit 80 columns)
+DECISION_TABLE = {"frame_recall": "frame recall", "frame_false_ng": "false NG",
+                  "recall_at_fng_1": "recall @1% fNG", "recall_at_fng_5": "recall @5% fNG"}
 
 
 @dataclass
@@ -26,6 +29,24 @@ class Predictions:
     images: list[str]  # file paths
     threshold_maps: np.ndarray | None = None  # maps in the threshold's mode, when it differs
     fused_maps: np.ndarray | None = None  # the runtime's fast path, to measure what it costs
+    decision_mode: str = "reference"  # the aggregation mode the station decides with
+    _scores: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def decision_maps(self) -> np.ndarray:
+        """The maps the station's decisions come from (its aggregation mode), model size."""
+        if self.decision_mode == "fused" and self.fused_maps is not None:
+            return self.fused_maps
+        return self.maps
+
+    def decision_scores(self, min_area: int) -> np.ndarray:
+        """`edgeas.decisions.decision_scores` of `decision_maps`, computed once per min_area
+        (the metrics and the figure share them)."""
+        from edgeas.decisions import decision_scores
+
+        if min_area not in self._scores:
+            self._scores[min_area] = decision_scores(self.decision_maps, min_area)
+        return self._scores[min_area]
 
 
 def predict_test_set(model, record: ModelRecord, data: Path, batch: int = 8) -> Predictions:
@@ -59,12 +80,32 @@ def predict_test_set(model, record: ModelRecord, data: Path, batch: int = 8) -> 
     masks = np.stack([dataset[i][1].numpy() for i in range(len(dataset))]).astype(np.uint8)
     return Predictions(
         maps, masks, [s.cls for s in index.test], [str(s.path) for s in index.test],
-        threshold_maps, fused,
+        threshold_maps, fused, record.aggregation.mode,
     )
 
 
-def compute_metrics(pred: Predictions, threshold: float | None) -> dict[str, dict[str, float]]:
-    """Metrics of `evaluate()`; deployable DSC on maps of the mode the threshold was fitted in."""
+def compute_metrics(pred: Predictions, threshold: float | None,
+                    min_area: int = 0) -> dict[str, dict[str, float]]:
+    """Metrics of `evaluate()` plus the decision metrics of `edgeas.decisions` (the
+    station's rule: `threshold`, `min_area`, maps of its aggregation mode, model size);
+    deployable DSC on maps of the mode the threshold was fitted in."""
+    result = _segmentation_metrics(pred, threshold)
+    decisions = decision_metrics_of(pred, threshold, min_area)[0]
+    for cls, metrics in result.items():
+        metrics.update(decisions[cls])
+    return result
+
+
+def decision_metrics_of(pred: Predictions, threshold: float | None, min_area: int):
+    """(metrics, curves) of `edgeas.decisions.decision_report` for these predictions."""
+    from edgeas.decisions import decision_report
+
+    return decision_report(pred.decision_maps, pred.masks, pred.classes, threshold, min_area,
+                           scores=pred.decision_scores(min_area))
+
+
+def _segmentation_metrics(pred: Predictions,
+                          threshold: float | None) -> dict[str, dict[str, float]]:
     from edgeas.metrics import dice_per_image, evaluate
 
     if pred.threshold_maps is None or threshold is None:
@@ -96,16 +137,40 @@ def aggregation_check(pred: Predictions) -> dict[str, float]:
             "fused_minus_reference_points": 100 * (fused - ref)}
 
 
-def print_table(result: dict[str, dict[str, float]], title: str) -> None:
+def print_table(result: dict[str, dict[str, float]], title: str,
+                columns: tuple[str, ...] | dict[str, str] = TABLE_METRICS) -> None:
     table = Table(title=title)
     table.add_column("class")
-    shown = [m for m in TABLE_METRICS if m in result["mean"]]
+    shown = [m for m in columns if m in result["mean"]]
+    heads = columns if isinstance(columns, dict) else {}
     for name in shown:
-        table.add_column(name, justify="right")
+        table.add_column(heads.get(name, name), justify="right")
     for cls, metrics in result.items():
         cells = ["-" if math.isnan(metrics[m]) else f"{100 * metrics[m]:.2f}" for m in shown]
         table.add_row(f"[bold]{cls}[/]" if cls == "mean" else cls, *cells)
     Console().print(table)
+
+
+def decisions_title(threshold: float | None, min_area: int, pred: Predictions) -> str:
+    """What the decision table was measured with: the station's rule at model size."""
+    h, w = pred.decision_maps.shape[-2:]
+    rule = f"tau {threshold:.5g}" if threshold is not None else "no stored threshold"
+    return f"decisions: {rule}, min_area {min_area}, {pred.decision_mode} {w}x{h} (percent)"
+
+
+def few_normal_note(curves) -> str | None:
+    """A note naming the classes with too few normal images to resolve a false-NG target
+    (fewer than 1 / target: the curve number is then the recall at zero false NG)."""
+    from edgeas.decisions import FNG_TARGETS
+
+    lowest = min(FNG_TARGETS.values())
+    few = {c: k.n_normal for c, k in curves.items() if 0 < k.n_normal * lowest < 1}
+    if not few:
+        return None
+    keys = [k for k, t in FNG_TARGETS.items() if any(n * t < 1 for n in few.values())]
+    named = ", ".join(f"{c} {n}" for c, n in few.items())
+    return (f"note: too few normal test images for {' / '.join(keys)} in {named}: below "
+            "1/target images they are the recall at 0 false NG")
 
 
 def eval_command(checkpoint: Path, data: Path, out: Path | None, batch: int = 8) -> dict:
@@ -116,9 +181,13 @@ def eval_command(checkpoint: Path, data: Path, out: Path | None, batch: int = 8)
     _, model = model_from_checkpoint(stored, str(checkpoint))
     record = ModelRecord.from_json(stored.get("metadata"), str(checkpoint))
     pred = predict_test_set(model, record, Path(data), batch)
-    threshold = record.threshold.value
-    result = compute_metrics(pred, threshold)
+    threshold, min_area = record.threshold.value, record.min_area
+    result = compute_metrics(pred, threshold, min_area)
     print_table(result, f"{checkpoint} on {data} (percent)")
+    print_table(result, decisions_title(threshold, min_area, pred), DECISION_TABLE)
+    note = few_normal_note(decision_metrics_of(pred, threshold, min_area)[1])
+    if note:
+        console.print(note)
     out = Path(out) if out else Path(checkpoint).parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, allow_nan=True))
@@ -132,6 +201,6 @@ def eval_command(checkpoint: Path, data: Path, out: Path | None, batch: int = 8)
         )
     from edgeas.train.report import write_figures
 
-    figures = write_figures(pred, result, threshold, out)
+    figures = write_figures(pred, result, threshold, out, min_area)
     console.print(f"wrote {out / 'metrics.json'} and {len(figures)} figures in {out}")
     return result

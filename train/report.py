@@ -1,4 +1,5 @@
-"""Figures for `edgeas eval`: PR curves, per-class pAP/DSC bars, best/median/worst examples."""
+"""Figures for `edgeas eval`: PR curves, per-class pAP/DSC bars, best/median/worst examples,
+and the station's decisions (recall vs false-NG rate, the deployed point marked)."""
 
 from __future__ import annotations
 
@@ -120,9 +121,47 @@ def examples(pred, threshold: float | None, path: Path) -> None:
     plt.close(fig)
 
 
-def write_figures(pred, result, threshold: float | None, out: Path) -> list[Path]:
-    paths = [out / "pr_curves.png", out / "pap_dsc.png", out / "examples.png"]
+def decisions(pred, result, threshold: float | None, min_area: int, path: Path) -> None:
+    """Image recall vs false-NG rate per class and their mean, from the decision scores of
+    the station's rule (edgeas.decisions); the deployed threshold's point marked on each,
+    the 1% and 5% false-NG targets as dotted lines."""
+    from edgeas.decisions import mean_curve
+    from edgeas.train.evaluate import decision_metrics_of
+
+    plt = _pyplot()
+    curves = decision_metrics_of(pred, threshold, min_area)[1]
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    for cls, curve in curves.items():
+        if not (curve.n_normal and curve.n_defective):
+            continue
+        line = ax.step(curve.false_ng, curve.recall, where="post", lw=1.2, label=cls)[0]
+        point = result[cls]
+        if not np.isnan(point["frame_recall"]) and not np.isnan(point["frame_false_ng"]):
+            ax.plot(point["frame_false_ng"], point["frame_recall"], "o", color=line.get_color())
+    xs, ys = mean_curve(curves)
+    if not np.isnan(ys).all():
+        ax.step(xs, ys, "k-", where="post", lw=2.2, label="mean")
+        mean = result["mean"]
+        if not np.isnan(mean["frame_recall"]) and not np.isnan(mean["frame_false_ng"]):
+            ax.plot(mean["frame_false_ng"], mean["frame_recall"], "k*", ms=14,
+                    label=f"deployed (threshold {threshold:.4g})")
+    for target in (0.01, 0.05):
+        ax.axvline(target, color="0.6", ls=":", lw=1)
+    ax.set(xlabel="false NG (normal images called NG)",
+           ylabel="recall (defective images called NG)", xlim=(-0.01, 1.01), ylim=(0, 1.02),
+           title=f"station decisions, min_area {min_area} ({pred.decision_mode} maps)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_figures(pred, result, threshold: float | None, out: Path,
+                  min_area: int = 0) -> list[Path]:
+    paths = [out / "pr_curves.png", out / "pap_dsc.png", out / "examples.png",
+             out / "decisions.png"]
     pr_curves(pred, paths[0])
     metric_bars(result, paths[1])
     examples(pred, threshold, paths[2])
+    decisions(pred, result, threshold, min_area, paths[3])
     return [p for p in paths if p.exists()]
