@@ -27,6 +27,26 @@ def images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def normal_images(root: str | os.PathLike, images_option: str = "--calib-images",
+                  what: str = "calibration images") -> list[Path]:
+    """Every normal image of a folder, or of a data set root (each class's train/good, or
+    good/), sorted; a DataError naming `images_option` when there is none."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{what}: {root} is not a folder")
+    files = images_in(root)
+    if not files:
+        goods = sorted(root.glob("*/train/good")) or [g for g in [root / "good"] if g.is_dir()]
+        files = [p for g in goods for p in images_in(g)]
+    if not files:
+        raise DataError(
+            f"{what}: no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} files in {root}, "
+            "nor in its */train/good or good/ folders",
+            hint=f"point {images_option} at normal images of the station",
+        )
+    return files
+
+
 def list_images(
     root: str | os.PathLike,
     limit: int = 256,
@@ -37,19 +57,7 @@ def list_images(
     """Normal images of a folder, or of a data set root (every class's train/good, or
     good/); at most `limit`, spread evenly over the sorted list so that every class
     is represented. The option names only word the errors for the calling command."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"calibration images: {root} is not a folder")
-    files = images_in(root)
-    if not files:
-        goods = sorted(root.glob("*/train/good")) or [g for g in [root / "good"] if g.is_dir()]
-        files = [p for g in goods for p in images_in(g)]
-    if not files:
-        raise DataError(
-            f"calibration images: no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} files in {root}, "
-            "nor in its */train/good or good/ folders",
-            hint=f"point {images_option} at normal images of the station",
-        )
+    files = normal_images(root, images_option)
     if limit < 1:
         raise DataError(f"{num_option} must be >= 1, got {limit}")
     if len(files) > limit:

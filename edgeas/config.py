@@ -100,6 +100,8 @@ class AggregationConfig:
 class ThresholdConfig:
     policy: str = DEFAULT_POLICY  # an entry of edgeas.postprocess.THRESHOLD_POLICIES
     param: float | None = None  # the policy's parameter; None = its default
+    margin: float = 1.0  # tau x margin (>= 1): headroom over what the held-out set showed
+    # the decision rule's smallest NG region, in model pixels; frame_fpr fits with it
     min_area: int = 0
 
 
@@ -212,7 +214,10 @@ def _coerce(value: Any, tp: Any, where: str | _Where) -> Any:
 def _from_dict(cls: type, data: dict[str, Any], where: str | _Where) -> Any:
     at = where if isinstance(where, _Where) else _Where(where)
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    # the file's key of each field: its name, or `metadata={"key": ...}` where the key is
+    # no Python name (a station file's `class:`)
+    fields_by_key = {f.metadata.get("key", f.name): f.name for f in dataclasses.fields(cls)}
+    names = list(fields_by_key)
     kwargs = {}
     for key, value in data.items():
         if key not in names:
@@ -221,7 +226,8 @@ def _from_dict(cls: type, data: dict[str, Any], where: str | _Where) -> Any:
             section = at.keys or at.top
             raise ConfigError(f"{at.source}: unknown key '{key}'"
                               + (f" in {section}" if section else ""), hint=hint)
-        kwargs[key] = _coerce(value, hints[key], at.key(key))
+        name = fields_by_key[key]
+        kwargs[name] = _coerce(value, hints[name], at.key(key))
     return cls(**kwargs)
 
 
@@ -375,7 +381,8 @@ def validate(cfg: EdgeasConfig, source: str) -> None:
             )
     # through the post-processing registries: a bad parameter fails here, at load time
     aggregation_mode(cfg.aggregation.mode, f"{source}: aggregation.mode")
-    check_threshold_setting(cfg.threshold.policy, cfg.threshold.param, source)
+    check_threshold_setting(cfg.threshold.policy, cfg.threshold.param, source,
+                            cfg.threshold.margin)
     if cfg.threshold.min_area < 0:
         raise ConfigError(f"{source}: threshold.min_area must be >= 0, got "
                           f"{cfg.threshold.min_area}")

@@ -127,12 +127,13 @@ class DecisionCurve:
         the best recall of the points with at most k normal images NG."""
         if self.n_normal == 0 or self.n_defective == 0:
             return math.nan
-        ok = self.n_false_ng <= _allowed(self.n_normal, target)
+        ok = self.n_false_ng <= allowed_ng(self.n_normal, target)
         return float(self.n_caught[ok].max()) / self.n_defective
 
 
-def _allowed(n: int, target: float) -> int:
-    """The largest k with k / n <= target (robust to float rounding of target * n)."""
+def allowed_ng(n: int, target: float) -> int:
+    """The largest k with k / n <= target (exact whatever the rounding of target * n): how
+    many of n normal images may be NG at a false-NG target (eval and `frame_fpr` agree)."""
     k = int(math.floor(target * n))
     while (k + 1) / n <= target:
         k += 1

@@ -115,3 +115,74 @@ def has_fp16_initializers(model: bytes | str | os.PathLike) -> bool:
                 return _scan_fp16(view)
     except (OSError, ValueError, IndexError):
         return False
+
+
+# --------------------------------------------------------------------------- rewriting a file
+
+_METADATA_PROPS = 14  # ModelProto.metadata_props; in each entry key = 1, value = 2
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    return _encode_varint(number << 3 | 2) + _encode_varint(len(payload)) + payload
+
+
+def _top_level_spans(buf):
+    """(field number, start, end, payload start) of each top-level field of a ModelProto:
+    `buf[start:end]` is the whole field, tag included, so it can be copied verbatim."""
+    pos = 0
+    while pos < len(buf):
+        start = pos
+        tag, pos = _varint(buf, pos)
+        wire = tag & 7
+        payload = pos
+        if wire == 0:
+            _, pos = _varint(buf, pos)
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        elif wire == 2:
+            size, payload = _varint(buf, pos)
+            pos = payload + size
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        if pos > len(buf):
+            raise ValueError("field runs past the end of the file")
+        yield tag >> 3, start, pos, payload
+
+
+def _entry_key(buf, start: int, end: int) -> bytes | None:
+    for number, wire, value in _fields(buf, start, end):
+        if number == 1 and wire == 2:
+            return bytes(buf[value[0]:value[1]])
+    return None
+
+
+def write_metadata_file(path: str | os.PathLike, meta: dict[str, Any]) -> None:
+    """Replace the edgeas record in an ONNX file's metadata_props, atomically, without the
+    `onnx` package (a station has ONNX Runtime only): every other top-level field of the
+    ModelProto is copied byte for byte and the new entry appended (protobuf reads fields
+    in any order). The graph, its weights and other metadata are untouched."""
+    from edgeas.fileio import atomic_write_bytes
+
+    path = Path(path)
+    data = path.read_bytes()
+    kept = []
+    try:
+        for number, start, end, payload in _top_level_spans(data):
+            if number == _METADATA_PROPS and _entry_key(data, payload, end) == ONNX_KEY.encode():
+                continue
+            kept.append(data[start:end])
+    except (ValueError, IndexError) as exc:
+        raise ArtifactError(f"{path}: not a readable ONNX model ({exc})") from exc
+    entry = (_length_delimited(1, ONNX_KEY.encode())
+             + _length_delimited(2, json.dumps(meta, sort_keys=True).encode()))
+    kept.append(_length_delimited(_METADATA_PROPS, entry))
+    atomic_write_bytes(path, b"".join(kept))

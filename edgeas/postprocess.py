@@ -28,6 +28,8 @@ log = logging.getLogger("edgeas.stream")
 def _did_you_mean(value: str, names: Any, what: str, where: str | None = None) -> ConfigError:
     names = list(names)
     close = difflib.get_close_matches(str(value), names, n=1)
+    # a name typed in the wrong case is no close match for difflib when it is short
+    close = close or [n for n in names if n.lower() == str(value).lower()][:1]
     hint = f"did you mean '{close[0]}'?" if close else f"choose one of {', '.join(names)}"
     prefix = f"{where}: " if where else ""
     return ConfigError(f"{prefix}unknown {what} '{value}' (known: {', '.join(names)})", hint=hint)
@@ -46,10 +48,11 @@ class ParamSpec:
     high: float | None = None
     low_open: bool = False  # True: low itself is not allowed
     example: str = ""
+    high_open: bool = False  # True: high itself is not allowed
 
     def describe(self) -> str:
         lo = "" if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
-        hi = "" if self.high is None else f"<= {self.high:g}"
+        hi = "" if self.high is None else f"{'<' if self.high_open else '<='} {self.high:g}"
         return " and ".join(p for p in (lo, hi) if p) or "any finite number"
 
     def check(self, value: Any, where: str) -> float:
@@ -61,7 +64,7 @@ class ParamSpec:
         v = float(value)
         bad = not math.isfinite(v)
         bad |= self.low is not None and (v < self.low or (self.low_open and v == self.low))
-        bad |= self.high is not None and v > self.high
+        bad |= self.high is not None and (v > self.high or (self.high_open and v == self.high))
         if bad:
             raise ConfigError(f"{where}: {self.name} must be {self.describe()}, got {value!r}",
                               hint=f"e.g. {self.example or self.default}")
@@ -72,29 +75,59 @@ class ParamSpec:
 
 
 @dataclass(frozen=True)
+class FitContext:
+    """What a policy may need besides the maps and its parameter: the decision rule's
+    `min_area` (model pixels), so that `frame_fpr` counts the frames the station would
+    call NG."""
+
+    min_area: int = 0
+
+
+Fit = Callable[[list, float, FitContext], float]  # (normal maps, parameter, context) -> tau
+
+
+@dataclass(frozen=True)
 class ThresholdPolicy:
     name: str
     description: str
     param: ParamSpec
-    fit: Callable[[list, float], float]  # (normal maps, parameter) -> tau
+    fit: Fit
+    # (held-out images, parameter) -> a warning when the set cannot support the fit
+    advice: Callable[[int, float], str | None] | None = None
 
     def check(self, value: Any, where: str = "threshold.param") -> float:
         return self.param.check(value, where)
 
 
-def _fit(name: str) -> Callable[[list, float], float]:
-    def run(arrays: list, value: float) -> float:
+def _fit(name: str, decision_rule: bool = False) -> Fit:
+    """The function `edgeas.thresholds.<name>`: statistics of the maps take (maps, param);
+    a policy of the decision rule (`decision_rule`) also takes min_area."""
+
+    def run(arrays: list, value: float, context: FitContext) -> float:
         from edgeas import thresholds
 
-        return getattr(thresholds, name)(arrays, value)
+        fn = getattr(thresholds, name)
+        return fn(arrays, value, context.min_area) if decision_rule else fn(arrays, value)
 
     run.__name__ = name
     return run
 
 
+def _frame_fpr_advice(images: int, target: float) -> str | None:
+    from edgeas.thresholds import frame_fpr_advice
+
+    return frame_fpr_advice(images, target)
+
+
 THRESHOLD_POLICIES: dict[str, ThresholdPolicy] = {
     p.name: p
     for p in (
+        ThresholdPolicy("frame_fpr", "smallest tau at which at most a target fraction of the "
+                        "held-out normal images is NG under the decision rule (min_area "
+                        "included)",
+                        ParamSpec("target false-NG rate", 0.01, 0.0, 1.0, high_open=True,
+                                  example="0.01"),
+                        _fit("fit_frame_fpr", decision_rule=True), _frame_fpr_advice),
         ThresholdPolicy("max", "max normal pixel score x margin",
                         ParamSpec("margin", 1.0, 0.0, low_open=True, example="1.0 or 1.1"),
                         _fit("fit_max")),
@@ -105,7 +138,13 @@ THRESHOLD_POLICIES: dict[str, ThresholdPolicy] = {
                         ParamSpec("k", 3.0, example="3"), _fit("fit_sigma")),
     )
 }
-DEFAULT_POLICY = "quantile"
+# What a config says when it names no policy (and `edgeas threshold fit` uses).
+DEFAULT_POLICY = "frame_fpr"
+# What a record that names no policy was fitted with: every edgeas before frame_fpr
+# fitted the 0.999 pixel quantile, so an old file reads as what it was.
+LEGACY_POLICY = "quantile"
+# A multiplicative safety margin on the fitted tau, whatever the policy (1 = none).
+MARGIN = ParamSpec("margin", 1.0, 1.0, example="1.0 or 1.2")
 
 
 def threshold_policy(name: str, where: str | None = None) -> ThresholdPolicy:
@@ -114,8 +153,10 @@ def threshold_policy(name: str, where: str | None = None) -> ThresholdPolicy:
     return THRESHOLD_POLICIES[name]
 
 
-def check_threshold_setting(policy: str, param: Any, where: str) -> float:
-    """Validate a (policy, param) pair as a config file gives it; returns the param used."""
+def check_threshold_setting(policy: str, param: Any, where: str, margin: Any = None) -> float:
+    """Validate a (policy, param, margin) setting as a config file gives it; returns the
+    param used."""
+    MARGIN.check(margin, f"{where}: threshold.margin")
     return threshold_policy(policy, f"{where}: threshold.policy").check(
         param, f"{where}: threshold.param ({policy})")
 
@@ -175,18 +216,36 @@ def check_blur(blur: Any, n_levels: int) -> list[tuple[int, float]]:
 # --------------------------------------------------------------------------- records
 
 
+def check_tau(value: Any, where: str) -> float:
+    """A threshold value: finite and >= 0 (maps are products of distances), else a
+    ConfigError naming `where` and the value."""
+    tau = float(value)
+    if not math.isfinite(tau) or tau < 0:
+        raise ConfigError(f"{where} must be a finite number >= 0, got {value!r}")
+    return tau
+
+
 def make_threshold(value: float | None, policy: str, param: Any, mode: str,
-                   where: str = "threshold") -> Threshold:
-    """A threshold record; value None means unset (the runtime then needs an override)."""
-    from edgeas.record import Threshold
+                   where: str = "threshold", *, min_area: int = 0, images: int | None = None,
+                   margin: Any = None, per_class: Mapping[str, float] | None = None,
+                   history: tuple = ()) -> Threshold:
+    """A threshold record; value None means unset (the runtime then needs an override).
+    `min_area`, `margin`: the decision rule and margin it was fitted with; `images`: on
+    how many held-out images; `per_class`: class -> value fitted the same way."""
+    from edgeas.record import Threshold, freeze
 
     used = threshold_policy(policy, where).check(param, f"{where}.param")
     aggregation_mode(mode, f"{where}.mode")
     if value is not None:
-        value = float(value)
-        if not math.isfinite(value):
-            raise ConfigError(f"{where}: threshold value must be finite, got {value}")
-    return Threshold(value, policy, used, mode)
+        value = check_tau(value, f"{where}: threshold value")
+    if int(min_area) < 0 or (images is not None and int(images) < 0):
+        raise ConfigError(f"{where}: min_area and images must be >= 0, got {min_area}, {images}")
+    classes = {str(c): check_tau(v, f"{where}: per-class threshold of {c}")
+               for c, v in (per_class or {}).items()}
+    return Threshold(value, policy, used, mode, int(min_area),
+                     None if images is None else int(images),
+                     MARGIN.check(margin, f"{where}.margin"), freeze(classes),
+                     tuple(freeze(h) for h in history))
 
 
 def postprocessing(mode: str, threshold: Threshold, min_area: int = 0,
@@ -215,30 +274,66 @@ class Settings:
     blur: list[tuple[int, float]] | None = None
 
 
+def check_class(record: ModelRecord, cls: str, model: str = "the model") -> str:
+    """`cls` when the model was trained on it, else a ConfigError with a did-you-mean."""
+    classes = record.model.classes
+    if not classes:
+        raise ConfigError(f"--class {cls}: {model} records no classes",
+                          hint="drop --class (or `class:`) to use the all-class threshold")
+    if cls not in classes:
+        raise _did_you_mean(cls, classes, "class", model)
+    return cls
+
+
+def _fitted_value(record: ModelRecord, cls: str | None, model: str) -> tuple[float | None, str]:
+    """The record's threshold for `cls` (None: the all-class one) and where it came from."""
+    fitted = record.threshold
+    origin = f"metadata ({fitted.policy}, {fitted.mode}"
+    if cls is None:
+        return fitted.value, origin + ")"
+    check_class(record, cls, model)
+    if cls in fitted.per_class:
+        return float(fitted.per_class[cls]), origin + f", class {cls})"
+    if fitted.value is not None:
+        log.warning("%s has no per-class threshold for %s: using the all-class value", model, cls)
+    return fitted.value, origin + ")"
+
+
 def resolve(record: ModelRecord, threshold: float | None = None, min_area: int | None = None,
-            mode: str | None = None, model: str = "the model") -> Settings:
-    """Threshold, min_area and aggregation mode: explicit values over the record's."""
+            mode: str | None = None, model: str = "the model",
+            cls: str | None = None) -> Settings:
+    """Threshold, min_area and aggregation mode: explicit values over the record's.
+    `cls` picks the record's per-class threshold of that class (the station inspects one
+    product); None, or a class without one, gives the all-class value."""
     fitted = record.threshold
     if threshold is not None:
-        tau, origin = float(threshold), "override"
-    elif fitted.value is not None:
-        tau, origin = float(fitted.value), f"metadata ({fitted.policy}, {fitted.mode})"
+        if cls is not None:
+            check_class(record, cls, model)  # a mistyped class is an error all the same
+        value, origin = check_tau(threshold, "threshold"), "override"
+    else:
+        value, origin = _fitted_value(record, cls, model)
+    if value is not None:
+        tau = float(value)
     else:
         raise ConfigError(
             f"{model} has no fitted threshold (its metadata threshold.value is null)",
             hint="pass --threshold T (or `threshold:` in the station file), or train with "
             "held-out normal images so that one is fitted",
         )
-    if not math.isfinite(tau):
-        raise ConfigError(f"threshold must be finite, got {tau}")
     mode = mode or record.aggregation.mode
     aggregation_mode(mode)
-    if origin != "override" and fitted.mode != mode:
-        log.warning("the threshold was fitted on %s maps but the stream aggregates in %s mode; "
-                    "decisions will shift (refit, or pass --threshold)", fitted.mode, mode)
     area = int(min_area if min_area is not None else record.min_area)
     if area < 0:
         raise ConfigError(f"min_area must be >= 0, got {area}")
+    if origin != "override":
+        if fitted.mode != mode:
+            log.warning("the threshold was fitted on %s maps but the stream aggregates in %s "
+                        "mode; decisions will shift (refit, or pass --threshold)",
+                        fitted.mode, mode)
+        if fitted.min_area != area:
+            log.warning("the threshold was fitted with min_area %d but the stream uses %d; "
+                        "the false-NG rate will differ (refit with `edgeas threshold fit "
+                        "--min-area %d`)", fitted.min_area, area, area)
     return Settings(tau, origin, area, mode, [tuple(b) for b in record.aggregation.blur])
 
 
@@ -251,4 +346,5 @@ def describe_registries() -> Mapping[str, Any]:
                                    "range": p.param.describe()}
                                for n, p in THRESHOLD_POLICIES.items()},
         "default_policy": DEFAULT_POLICY,
+        "margin": {"default": MARGIN.default, "range": MARGIN.describe()},
     }

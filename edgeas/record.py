@@ -127,7 +127,14 @@ class Threshold:
     policy: str
     param: float
     mode: str  # the aggregation mode of the maps it was fitted on
-    # keys of later schemas (images, per_class, history), kept verbatim
+    min_area: int = 0  # the decision rule's min_area it was fitted with (model pixels)
+    images: int | None = None  # how many held-out normal images (None: not recorded)
+    margin: float = 1.0  # the multiplicative margin applied to the fitted value
+    # class -> value, fitted the same way on each class's held-out images (may be empty)
+    per_class: Mapping[str, float] = field(default_factory=lambda: EMPTY)
+    # the records this one replaced (`edgeas threshold fit`), oldest first, each as JSON
+    history: tuple[Stage, ...] = ()
+    # keys of later schemas, kept verbatim
     extra: Stage = field(default_factory=lambda: EMPTY)
 
     @property
@@ -135,8 +142,13 @@ class Threshold:
         return self.value is not None
 
     def to_json(self) -> dict[str, Any]:
-        return {**thaw(self.extra), "value": self.value, "policy": self.policy,
-                "param": self.param, "mode": self.mode}
+        out = {**thaw(self.extra), "value": self.value, "policy": self.policy,
+               "param": self.param, "mode": self.mode, "min_area": self.min_area,
+               "images": self.images, "margin": self.margin}
+        if self.per_class:  # optional in the file (interfaces.md)
+            out["per_class"] = dict(self.per_class)
+        out["history"] = [thaw(h) for h in self.history]
+        return out
 
 
 @dataclass(frozen=True)

@@ -98,25 +98,71 @@ def _aggregation(value: Any, n_levels: int, source: str) -> Aggregation:
     return Aggregation(str(mode), blur)
 
 
-def _threshold(value: Any, agg_mode: str, source: str) -> Threshold:
+def _tau(value: Any, source: str, key: str) -> float:
+    """A threshold value: finite and >= 0 (anomaly maps are products of distances)."""
+    tau = _number(value, source, key)
+    if tau < 0:
+        raise _fail(source, f"key '{key}' must be >= 0, got {value!r}")
+    return tau
+
+
+def _per_class(value: Any, classes: list, source: str) -> dict[str, float]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _fail(source, f"key 'threshold.per_class' must be an object, got {value!r}")
+    unknown = [str(c) for c in value if classes and c not in classes]
+    if unknown:
+        raise _fail(source, f"threshold.per_class names class(es) {', '.join(unknown)} that "
+                            f"are not in its classes ({', '.join(map(str, classes))})")
+    return {str(c): _tau(v, source, f"threshold.per_class.{c}") for c, v in value.items()}
+
+
+def _history(value: Any, source: str) -> tuple:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(h, Mapping) for h in value):
+        raise _fail(source, f"key 'threshold.history' must be a list of objects, got {value!r}")
+    return tuple(freeze(h) for h in value)
+
+
+_THRESHOLD_KEYS = ("value", "policy", "param", "mode", "min_area", "images", "margin",
+                   "per_class", "history")
+
+
+def _threshold(value: Any, agg_mode: str, min_area: int, classes: list,
+               source: str) -> Threshold:
+    """The threshold section; keys a file lacks get what that file's edgeas meant: a
+    record without a policy was fitted with LEGACY_POLICY, one without `min_area` for
+    the record's own min_area, without `images` on an unrecorded number of images."""
     if value is None:
         value = {}
     if not isinstance(value, Mapping):
         raise _fail(source, f"key 'threshold' must be an object, got {value!r}")
-    policy = _member(value.get("policy") or pp.DEFAULT_POLICY, pp.THRESHOLD_POLICIES,
+    policy = _member(value.get("policy") or pp.LEGACY_POLICY, pp.THRESHOLD_POLICIES,
                      "threshold.policy", source)
     try:
         param = pp.THRESHOLD_POLICIES[policy].check(value.get("param"), "threshold.param")
+        margin = pp.MARGIN.check(value.get("margin"), "threshold.margin")
     except Exception as exc:  # ConfigError from the schema: here it is the file's fault
-        raise _fail(source, f"has a bad threshold.param: {getattr(exc, 'message', exc)}"
-                    ) from exc
+        raise _fail(source, f"has a bad {getattr(exc, 'message', exc)}") from exc
     tau = value.get("value")
     if tau is not None:
-        tau = _number(tau, source, "threshold.value")
+        tau = _tau(tau, source, "threshold.value")
     mode = _member(value.get("mode") or agg_mode, pp.AGGREGATION_MODES, "threshold.mode",
                    source)
-    extra = {k: v for k, v in value.items() if k not in ("value", "policy", "param", "mode")}
-    return Threshold(tau, str(policy), param, str(mode), freeze(extra))
+    fitted_area = value.get("min_area")
+    fitted_area = min_area if fitted_area is None else _number(fitted_area, source,
+                                                               "threshold.min_area", int)
+    images = value.get("images")
+    if images is not None:
+        images = _number(images, source, "threshold.images", int)
+    if fitted_area < 0 or (images is not None and images < 0):
+        raise _fail(source, "threshold.min_area and threshold.images must be >= 0")
+    extra = {k: v for k, v in value.items() if k not in _THRESHOLD_KEYS}
+    return Threshold(tau, str(policy), param, str(mode), fitted_area, images, margin,
+                     freeze(_per_class(value.get("per_class"), classes, source)),
+                     _history(value.get("history"), source), freeze(extra))
 
 
 def parse_record(data: Any, source: str) -> ModelRecord:
@@ -142,8 +188,8 @@ def parse_record(data: Any, source: str) -> ModelRecord:
     min_area = _number(data["min_area"] or 0, source, "min_area", int)
     if min_area < 0:
         raise _fail(source, f"min_area must be >= 0, got {min_area}")
-    post = PostProcessing(aggregation, _threshold(data["threshold"], aggregation.mode, source),
-                          min_area)
+    threshold = _threshold(data["threshold"], aggregation.mode, min_area, classes, source)
+    post = PostProcessing(aggregation, threshold, min_area)
     info = ModelInfo(
         preset=None if data["preset"] is None else str(data["preset"]),
         backbone=str(data["backbone"]),

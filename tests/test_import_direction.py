@@ -35,6 +35,10 @@ CORE_REACHES = {
     ("edgeas.cli", "edgeas.calibration.command"): "the CLI dispatches `edgeas calibrate`",
     ("edgeas.cli", "edgeas.runtime.command"): "the CLI dispatches `edgeas stream`",
     ("edgeas.cli", "edgeas.runtime.bench"): "the CLI dispatches `edgeas bench`",
+    ("edgeas.threshold_fit", "edgeas.runtime.backends"):
+        "`edgeas threshold fit` runs an ONNX model or engine on the runtime's backends",
+    ("edgeas.threshold_fit", "edgeas.train.checkpoint"):
+        "`edgeas threshold fit` runs and rewrites a .pt checkpoint with the training code",
 }
 # (edgeas.doctor needs no entry: its probes, edgeas.probes, import the packages themselves.)
 

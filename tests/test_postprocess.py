@@ -40,7 +40,7 @@ def test_one_default_everywhere():
         assert inspect.signature(fn).parameters["mode"].default == DEFAULT_MODE
     assert set(AGGREGATION_MODES) == {"fused", "reference"}
     assert {n: p.param.default for n, p in THRESHOLD_POLICIES.items()} == {
-        "max": 1.0, "quantile": 0.999, "sigma": 3.0}
+        "frame_fpr": 0.01, "max": 1.0, "quantile": 0.999, "sigma": 3.0}
 
 
 @pytest.mark.parametrize(("threshold", "message"), [
@@ -84,3 +84,44 @@ def test_resolve_takes_the_record_and_the_overrides(caplog):
         resolve(rec, mode="blurred")
     with pytest.raises(ConfigError, match="min_area"):
         resolve(rec, min_area=-1)
+
+
+def _per_class_record(per_class, classes=("bottle", "cable", "screw")):
+    tau = make_threshold(0.5, "frame_fpr", None, "reference", min_area=7, images=90,
+                         per_class=per_class)
+    return new_record(
+        preset="tiny", backbone="b", recipe=Recipe((224, 224), LITE_MEAN, LITE_STD),
+        strides=[2, 4, 8, 16], postprocess=postprocessing("reference", tau, 7),
+        classes=list(classes), data_fingerprint=None, config={},
+    )
+
+
+def test_resolve_picks_a_per_class_threshold(caplog):
+    rec = _per_class_record({"bottle": 0.3, "cable": 0.8})
+    assert resolve(rec).threshold == 0.5  # the default stays the all-class value
+    s = resolve(rec, cls="cable")
+    assert s.threshold == 0.8
+    assert s.threshold_origin == "metadata (frame_fpr, reference, class cable)"
+    with caplog.at_level(logging.WARNING, logger="edgeas.stream"):
+        assert resolve(rec, cls="screw").threshold == 0.5  # no value of its own
+    assert "no per-class threshold for screw" in caplog.text
+    assert resolve(rec, threshold=0.9, cls="bottle").threshold == 0.9  # --threshold wins
+    for bad in ("botle", "Cable"):
+        with pytest.raises(ConfigError) as info:
+            resolve(rec, cls=bad, model="m.onnx")
+        assert f"unknown class '{bad}'" in info.value.message and "m.onnx" in info.value.message
+        assert "did you mean" in info.value.hint
+    with pytest.raises(ConfigError, match="unknown class"):
+        resolve(rec, threshold=0.9, cls="botle")  # a typo is an error with --threshold too
+    with pytest.raises(ConfigError, match="records no classes"):
+        resolve(_per_class_record({}, classes=()), cls="bottle")
+
+
+def test_resolve_checks_the_value_and_warns_when_min_area_departs(caplog):
+    rec = _per_class_record({})
+    with caplog.at_level(logging.WARNING, logger="edgeas.stream"):
+        resolve(rec, min_area=3)
+    assert "fitted with min_area 7 but the stream uses 3" in caplog.text
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="finite number >= 0"):
+            resolve(rec, threshold=bad)

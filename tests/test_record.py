@@ -128,3 +128,49 @@ def test_missing_required_keys_are_listed():
         ModelRecord.from_json(data, "m.onnx")
     with pytest.raises(ArtifactError, match="not a JSON object"):
         ModelRecord.from_json([1, 2], "m.onnx")
+
+
+def test_the_threshold_record_has_typed_fields_and_old_files_get_defaults():
+    from edgeas.record import Threshold
+
+    tau = make_threshold(0.4, "frame_fpr", 0.02, "reference", min_area=9, images=120,
+                         margin=1.1, per_class={"a": 0.35, "b": 0.45},
+                         history=({"value": 0.2, "policy": "quantile"},))
+    rec = new_record(
+        preset="tiny", backbone="efficientnet_lite0",
+        recipe=Recipe((224, 224), LITE_MEAN, LITE_STD), strides=[2, 4, 8, 16],
+        postprocess=postprocessing("reference", tau, 9), classes=["a", "b"],
+        data_fingerprint="f", config={})
+    t = rec.threshold
+    assert isinstance(t, Threshold) and not t.extra
+    assert (t.min_area, t.images, t.margin, dict(t.per_class)) == (9, 120, 1.1,
+                                                                   {"a": 0.35, "b": 0.45})
+    out = rec.to_json()["threshold"]
+    assert out == {"value": 0.4, "policy": "frame_fpr", "param": 0.02, "mode": "reference",
+                   "min_area": 9, "images": 120, "margin": 1.1,
+                   "per_class": {"a": 0.35, "b": 0.45},
+                   "history": [{"value": 0.2, "policy": "quantile"}]}
+    assert ModelRecord.from_json(rec.to_json(), "x") == rec
+    # a file of before issue 12: its threshold was fitted for the record's min_area, on an
+    # unrecorded number of images, without margin, per-class values or history
+    old = ModelRecord.from_json(dict(SCHEMA1_CHECKPOINT, min_area=4), "old.onnx").threshold
+    assert (old.policy, old.min_area, old.images, old.margin) == ("quantile", 4, None, 1.0)
+    assert not old.per_class and old.history == ()
+    assert "per_class" not in old.to_json()  # optional: written only when there are some
+
+
+@pytest.mark.parametrize(("threshold", "message"), [
+    ({"value": -0.1}, "threshold.value' must be >= 0"),
+    ({"value": float("nan")}, "threshold.value' must be finite"),
+    ({"value": 0.1, "per_class": {"bottle": float("inf")}}, "per_class.bottle"),
+    ({"value": 0.1, "per_class": {"screw": 0.2}}, "class(es) screw"),
+    ({"value": 0.1, "margin": 0.5}, "margin must be >= 1"),
+    ({"value": 0.1, "images": -3}, "threshold.images"),
+    ({"value": 0.1, "history": {"value": 1}}, "threshold.history"),
+])
+def test_a_bad_threshold_record_names_the_file_and_the_value(threshold, message):
+    data = dict(SCHEMA1_CHECKPOINT, threshold=dict(SCHEMA1_CHECKPOINT["threshold"], **threshold))
+    with pytest.raises(ArtifactError, match=message.replace("(", r"\(").replace(")", r"\)")
+                       ) as info:
+        ModelRecord.from_json(data, "bad.onnx")
+    assert "bad.onnx" in info.value.message and "\n" not in info.value.message

@@ -7,7 +7,7 @@ import pytest
 
 from edgeas.errors import ConfigError, ModelOutputError
 from edgeas.postprocess import DEFAULT_POLICY, THRESHOLD_POLICIES, make_threshold
-from edgeas.thresholds import threshold_from_normal
+from edgeas.thresholds import fit_threshold, threshold_from_normal
 
 
 def normal_maps(seed: int, n: int = 9, h: int = 17, w: int = 13) -> np.ndarray:
@@ -22,10 +22,11 @@ def test_quantile_equals_numpy_linear(seed: int, q: float) -> None:
     assert threshold_from_normal(maps, "quantile", q) == pytest.approx(ref, rel=1e-12, abs=0)
 
 
-def test_quantile_is_the_default_and_handles_ties() -> None:
-    assert DEFAULT_POLICY == "quantile" and THRESHOLD_POLICIES["quantile"].param.default == 0.999
+def test_quantile_handles_ties() -> None:
+    # frame_fpr became the default for stations (issue 12); quantile keeps its default q
+    assert DEFAULT_POLICY == "frame_fpr" and THRESHOLD_POLICIES["quantile"].param.default == 0.999
     maps = np.round(normal_maps(5, n=20) * 8) / 8  # few distinct values
-    got = threshold_from_normal(maps)
+    got = threshold_from_normal(maps, "quantile")
     assert isinstance(got, float)
     assert got == pytest.approx(np.quantile(maps.astype(np.float64), 0.999), rel=1e-12)
 
@@ -97,7 +98,9 @@ def test_non_finite_maps_are_counted() -> None:
 
 def test_threshold_record_fills_default_param() -> None:
     rec = make_threshold(np.float32(0.25), "quantile", None, "fused").to_json()
-    assert rec == {"value": 0.25, "policy": "quantile", "param": 0.999, "mode": "fused"}
+    # the record of issue 12: also min_area, images, margin and history (per_class if any)
+    assert rec == {"value": 0.25, "policy": "quantile", "param": 0.999, "mode": "fused",
+                   "min_area": 0, "images": None, "margin": 1.0, "history": []}
     assert type(rec["value"]) is float
     assert make_threshold(0.3, "sigma", 2, "reference").param == 2.0
     assert make_threshold(None, "max", None, "reference").value is None  # unset
@@ -105,3 +108,90 @@ def test_threshold_record_fills_default_param() -> None:
         make_threshold(0.3, "max", None, "blurred")
     with pytest.raises(ConfigError):
         make_threshold(0.3, "nope", None, "fused")
+
+
+# --------------------------------------------------------------------------- frame_fpr
+
+
+def _ng_rate(maps: np.ndarray, tau: float, min_area: int) -> float:
+    """Brute force: the station's own rule (mask, min-area cleaning, decision) per map."""
+    from edgeas.aggregate import clean_and_decide, threshold_mask
+
+    return float(np.mean([clean_and_decide(threshold_mask(m, tau), min_area)[1] for m in maps]))
+
+
+def _blobby_maps(seed: int, n: int, ties: bool = False) -> np.ndarray:
+    """Smooth normal-looking maps (regions of many sizes), optionally with tied values."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    maps = np.stack([cv2.GaussianBlur(rng.gamma(2.0, 0.1, (24, 20)).astype(np.float32),
+                                      (5, 5), 1.5) for _ in range(n)])
+    return np.round(maps * 40) / 40 if ties else maps
+
+
+@pytest.mark.parametrize(("target", "min_area", "ties"), [
+    (0.01, 0, False), (0.05, 0, False), (0.1, 6, False), (0.29, 12, False),
+    (0.25, 4, True), (0.0, 6, False), (0.5, 30, True),
+])
+def test_frame_fpr_is_the_smallest_tau_within_the_target(target, min_area, ties) -> None:
+    from edgeas.decisions import allowed_ng
+
+    maps = _blobby_maps(int(target * 100) + min_area, n=100, ties=ties)
+    fit = fit_threshold(maps, "frame_fpr", target, min_area=min_area)
+    assert fit.images == 100 and fit.warning is None
+    k = allowed_ng(100, target)
+    assert _ng_rate(maps, fit.value, min_area) <= target  # at most the target at tau
+    below = float(np.nextafter(np.float32(fit.value), np.float32(-np.inf)))
+    assert _ng_rate(maps, below, min_area) > target  # more than the target just below it
+    assert _ng_rate(maps, below, min_area) * 100 >= k + 1
+
+
+def test_frame_fpr_counts_min_area_and_margin_scales_it() -> None:
+    maps = _blobby_maps(3, n=50)
+    loose = fit_threshold(maps, "frame_fpr", 0.1, min_area=0).value
+    strict = fit_threshold(maps, "frame_fpr", 0.1, min_area=25).value
+    assert strict < loose  # a region must be larger to count: a lower tau reaches the target
+    assert fit_threshold(maps, "frame_fpr", 0.1, min_area=25, margin=1.5).value == \
+        pytest.approx(1.5 * strict)
+    with pytest.raises(ConfigError, match="margin must be >= 1"):
+        fit_threshold(maps, "frame_fpr", 0.1, margin=0.9)
+    with pytest.raises(ConfigError, match="larger than a map"):
+        fit_threshold(maps, "frame_fpr", 0.1, min_area=24 * 20 + 1)
+
+
+def test_frame_fpr_warns_when_the_set_is_too_small(caplog) -> None:
+    import logging
+
+    maps = _blobby_maps(4, n=40)
+    fit = fit_threshold(maps, "frame_fpr", 0.01)
+    assert fit.warning and "40 held-out" in fit.warning and "at least 100" in fit.warning
+    assert fit.value > float(maps.max())  # above every held-out image
+    with caplog.at_level(logging.WARNING, logger="edgeas.thresholds"):
+        threshold_from_normal(maps, "frame_fpr", 0.01)
+    assert "at least 100" in caplog.text
+    assert fit_threshold(maps, "frame_fpr", 0.05).warning is None  # 40 x 0.05 = 2 images
+
+
+def test_the_pixel_policies_are_unchanged_by_the_new_default() -> None:
+    maps = normal_maps(7)
+    assert threshold_from_normal(maps, "quantile", 0.999, margin=1.0) == \
+        threshold_from_normal(maps, "quantile", 0.999, min_area=50)  # min_area: not used
+    assert fit_threshold(maps, "max").value == float(maps.max())
+
+
+@pytest.mark.parametrize(("threshold", "key"), [
+    ("policy: frame_fpr\n  param: 1.5", "threshold.param"),
+    ("policy: frame_fpr\n  param: 1.0", "threshold.param"),
+    ("param: .nan", "threshold.param"),
+    ("margin: 0.5", "threshold.margin"),
+    ("margin: .nan", "threshold.margin"),
+])
+def test_bad_frame_fpr_settings_fail_at_config_load(tmp_path, threshold, key) -> None:
+    from edgeas.config import load_config
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(f"preset: tiny\nthreshold:\n  {threshold}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert key in info.value.message and str(path) in info.value.message

@@ -46,7 +46,10 @@ def test_loss_goes_down_within_a_few_dozen_steps(synth_data, tmp_path):
     ck = load_checkpoint(out / "last.pt")
     meta = ck["metadata"]
     assert meta["classes"] == ["brick", "coffee"]
-    assert meta["threshold"]["value"] > 0 and meta["threshold"]["policy"] == "quantile"
+    # frame_fpr on the held-out images, all classes and per class (issue 12)
+    t = meta["threshold"]
+    assert t["value"] > 0 and t["policy"] == "frame_fpr" and t["min_area"] == meta["min_area"]
+    assert t["images"] >= 1 and set(t["per_class"]) <= {"brick", "coffee"} and t["per_class"]
     assert meta["mean"] == pytest.approx([127 / 255] * 3) and meta["input_size"] == [224, 224]
     assert [lv["name"] for lv in meta["levels"]] == ["res1", "res2", "res3", "res4"]
     assert (out / "config.yaml").exists() and (out / "epoch_0010.pt").exists()

@@ -64,7 +64,8 @@ def model_record(cfg, model, classes: list[str], fingerprint: str | None, thresh
 
     if threshold is None:
         threshold = make_threshold(None, cfg.threshold.policy, cfg.threshold.param,
-                                   cfg.aggregation.mode)
+                                   cfg.aggregation.mode, min_area=cfg.threshold.min_area,
+                                   margin=cfg.threshold.margin)
     return new_record(
         preset=cfg.preset,
         backbone=cfg.backbone.name,

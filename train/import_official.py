@@ -140,10 +140,12 @@ def import_official(
     }
     save_checkpoint(output, payload)
     value = None if threshold is None else threshold.value
+    fitted = "unset (the runtime will require --threshold)" if value is None else (
+        f"{value:.5f} ({threshold.policy} {threshold.param:g}, min_area {threshold.min_area}, "
+        f"{threshold.images} held-out images)")
     console.print(
         f"imported {source}: decoder width {cfg.model.hidden_dim}, input {cfg.input_size}, "
         f"B4 padding {'official (380 px)' if reference_padding else 'TF-same'}; threshold "
-        f"{'unset (the runtime will require --threshold)' if value is None else f'{value:.5f}'}"
-        f"; wrote {output}"
+        f"{fitted}; wrote {output}"
     )
     return payload

@@ -24,22 +24,40 @@ def _overrides(epochs: int | None, batch: int | None) -> dict[str, Any]:
 
 
 def fit_thresholds(cfg: EdgeasConfig, model, val_set, device):
-    """Deployment threshold from held-out normal images, on maps of the runtime's mode."""
+    """Deployment threshold from held-out normal images, on maps of the runtime's mode at
+    model resolution, with the config's decision rule (min_area); the same fit on each
+    class's held-out images gives the per-class thresholds."""
+    import numpy as np
+
     from edgeas.postprocess import make_threshold
-    from edgeas.thresholds import threshold_from_normal
+    from edgeas.thresholds import fit_threshold
     from edgeas.train.inference import aggregate_maps, predict_level_maps
 
-    policy, mode, param = cfg.threshold.policy, cfg.aggregation.mode, cfg.threshold.param
+    t, mode = cfg.threshold, cfg.aggregation.mode
+    setting = {"min_area": t.min_area, "margin": t.margin}
     if len(val_set) == 0:
         console.print(
             "[yellow]warning:[/] no held-out normal images: threshold left unset "
             "(the runtime will then require --threshold)"
         )
-        return make_threshold(None, policy, param, mode)
+        return make_threshold(None, t.policy, t.param, mode, images=0, **setting)
     levels = predict_level_maps(model, val_set, batch=8, device=device)
     maps = aggregate_maps(levels, tuple(cfg.input_size), mode)
-    value = threshold_from_normal(maps, policy, param)
-    return make_threshold(value, policy, param, mode)
+    fit = fit_threshold(maps, t.policy, t.param, **setting)
+    classes = np.array([s.cls for s in val_set.samples])
+    per_class, short = {}, []
+    for cls in dict.fromkeys(classes.tolist()):
+        one = fit_threshold(maps[classes == cls], t.policy, t.param, **setting)
+        per_class[cls] = one.value
+        if one.warning:
+            short.append(f"{cls} ({one.images})")
+    if fit.warning:
+        console.print(f"[yellow]warning:[/] {fit.warning}")
+    if short:  # one line for all classes: a per-class warning each would bury the rest
+        console.print(f"[yellow]warning:[/] the per-class thresholds of {', '.join(short)} "
+                      "rest on too few held-out images to resolve the target")
+    return make_threshold(fit.value, t.policy, t.param, mode, images=fit.images,
+                          per_class=per_class, **setting)
 
 
 def train_command(
@@ -162,7 +180,9 @@ def _summary(out: Path, reason: str, trainer, threshold) -> None:
     console.print(
         f"[green]{'finished' if reason == 'done' else 'stopped after max steps'}[/]: "
         f"epoch {trainer.position.epoch}, step {trainer.position.step}; threshold {shown} "
-        f"({threshold.policy}, {threshold.mode}); checkpoint {out / 'last.pt'}"
+        f"({threshold.policy} {threshold.param:g}, {threshold.mode} maps, min_area "
+        f"{threshold.min_area}, {threshold.images} held-out images); checkpoint "
+        f"{out / 'last.pt'}"
     )
     console.print(f"next: edgeas eval --checkpoint {out / 'last.pt'} --data DATA")
 
