@@ -3,44 +3,24 @@ and the runtime commands need neither torch nor TensorRT."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
 
-from edgeas.errors import EdgeasError
-
-
-class _Root(TyperGroup):
-    """The root command; it reports an EdgeasError in `invoke`, where the context that parsed
-    --debug is alive: the flag lives in that context (`ctx.obj`), not in the process, so
-    one `main()` call's --debug cannot leak into another (tests, embedding programs)."""
-
-    def invoke(self, ctx: typer.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except EdgeasError as exc:
-            debug = isinstance(ctx.obj, dict) and bool(ctx.obj.get("debug"))
-            if debug or os.environ.get("EDGEAS_DEBUG") == "1":
-                raise
-            console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
-            if exc.hint:
-                console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
-            raise typer.Exit(exc.exit_code) from exc
-
+from edgeas.cli_errors import Root, report_click_error
+from edgeas.cli_threshold import threshold_app
 
 app = typer.Typer(
-    cls=_Root,
+    cls=Root,
     name="edgeas",
     help="Unified anomaly segmentation: train on normal images, export, run a station.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(threshold_app, name="threshold")
 console = Console(stderr=True)
 
 
@@ -79,11 +59,19 @@ def synth_clip(
     hold: int = typer.Option(2, help="Frames each image is shown."),
     seed: int = typer.Option(0, help="Order of the images."),
     limit: int | None = typer.Option(None, help="At most this many images."),
+    frame: str | None = typer.Option(
+        None, "--frame", help="Camera frame WIDTHxHEIGHT, e.g. 1280x720 (default: image size)."
+    ),
+    fill: float = typer.Option(1.0, help="With --frame: part's share of each frame side."),
+    keep_aspect: bool = typer.Option(
+        False, "--keep-aspect", help="With --frame: scale the part uniformly to FILL x height."
+    ),
 ) -> None:
     """Make a line-camera video of a data set's test images, with OUT.json naming the defects."""
-    from edgeas.train.clip import write_clip
+    from edgeas.train.clip import parse_frame_size, write_clip
 
-    doc = write_clip(data, output, fps, hold, seed, limit)
+    size = parse_frame_size(frame) if frame else None
+    doc = write_clip(data, output, fps, hold, seed, limit, size, fill, keep_aspect)
     bad = sum(f["defect"] for f in doc["frames"])
     print(f"{output}: {len(doc['frames'])} frames, {bad} with a defect "
           f"(list: {output.with_suffix('.json')})")
@@ -316,10 +304,13 @@ def stream(
         None, help="Decision threshold (default: the model's fitted one)."
     ),
     min_area: int | None = typer.Option(
-        None, "--min-area", help="Smallest NG region in frame pixels (default: the model's)."
+        None, "--min-area", help="Smallest NG region in model pixels (default: the model's)."
     ),
     aggregation: str | None = typer.Option(
         None, help="fused | reference (default: the model's metadata)."
+    ),
+    cls: str | None = typer.Option(
+        None, "--class", help="The product inspected: its per-class threshold (default: all)."
     ),
     serve: str | None = typer.Option(
         None, help="Live page at HOST:PORT (a bare PORT binds 127.0.0.1)."
@@ -337,7 +328,10 @@ def stream(
         None, "--summary-json", help="Also write the end-of-run summary as JSON."
     ),
 ) -> None:
-    """Run the inspection station: frames -> model -> OK/NG, events, live page, recording."""
+    """Run the inspection station: frames -> model -> OK/NG, events, live page, recording.
+
+    With ground truth (a synth-clip's CLIP.json, a CLASS/test/KIND folder) the calls are scored.
+    """
     from edgeas.runtime.command import stream_command
 
     flags = {
@@ -345,7 +339,7 @@ def stream(
         "csi": csi, "images": images, "threshold": threshold, "min_area": min_area,
         "aggregation": aggregation, "serve": serve, "show": show or None, "record": record,
         "events_dir": events, "events_budget_mb": events_budget_mb, "max_frames": max_frames,
-        "batch": batch,
+        "batch": batch, "cls": cls,
     }
     stream_command(config, flags, summary_json, device)
 
@@ -375,8 +369,8 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI on `argv` (default: sys.argv[1:]); exits with the command's code."""
     try:
         # Without standalone mode click returns the code of a typer.Exit instead of exiting.
-        # An EdgeasError is reported by _Root.invoke and arrives here as that Exit (or, with
-        # --debug, as itself: the traceback).
+        # An EdgeasError is reported by Root.invoke (cli_errors.py) and arrives here as that
+        # Exit (or, with --debug, as itself: the traceback).
         code = app(args=argv, standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)
@@ -385,22 +379,11 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         console.print("aborted")
         sys.exit(130)
-    except Exception as exc:  # click usage errors arrive here with standalone_mode=False
-        if isinstance(exc, _usage_errors()):
-            exc.show()
-            sys.exit(2)
-        raise
-
-
-def _usage_errors() -> tuple[type[Exception], ...]:
-    """click's usage-error class and typer's copy (newer typer vendors click as typer._click)."""
-    import click
-
-    try:
-        from typer._click.exceptions import ClickException
-    except ImportError:  # a typer that uses the click package itself
-        return (click.ClickException,)
-    return (click.ClickException, ClickException)
+    except Exception as exc:  # click's errors arrive here with standalone_mode=False
+        code = report_click_error(exc)
+        if code is None:
+            raise
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from edgeas.fileio import atomic_write_text
 from edgeas.postprocess import resolve
 from edgeas.runtime.backends import open_backend
 from edgeas.runtime.pipeline import Pipeline, describe_summary
-from edgeas.runtime.sinks import build_sinks
+from edgeas.runtime.sinks import build_sinks, describe_decisions
 from edgeas.runtime.sources import open_source, parse_source
 from edgeas.runtime.station import StreamOptions, load_station
 
@@ -55,7 +55,7 @@ def run_stream(options: StreamOptions, device: str = "auto") -> dict[str, Any]:
     backend = open_backend(options.model, device)
     try:
         settings = resolve(backend.record, options.threshold, options.min_area,
-                                    options.aggregation, str(options.model))
+                           options.aggregation, str(options.model), cls=options.cls)
         source = open_source(parse_source(options.source))
         try:
             return _run(backend, source, settings, options)
@@ -95,6 +95,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     if "recording" in summary:
         rec = summary["recording"]
         console.print(f"recording: {rec['path']} ({rec['frames']} frames)")
+    if "decisions" in summary:
+        console.print(describe_decisions(summary["decisions"], summary.get("skipped", 0)))
 
 
 def stream_command(config: Path | None, flags: dict[str, Any], summary_json: Path | None,

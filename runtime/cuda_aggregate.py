@@ -1,7 +1,9 @@
 """The fused aggregation kernel (fused_aggregate.cu) compiled at run time by edgeas.cuda.
 
-The per-level maps are a few kilobytes; the kernel writes the frame-sized map and mask
-in one pass, so only the results travel back. `pack_levels` (the flat layout of the
+The per-level maps are a few kilobytes; the kernel writes the map and mask at the size
+it is given in one pass, so only the results travel back. The pipeline asks for the
+model's input size (decisions are made at model resolution, runtime/pipeline.py); any
+size works, e.g. a frame-sized map for display. `pack_levels` (the flat layout of the
 .cuh) is pure numpy and shared with the host-compiled tests.
 """
 
@@ -48,7 +50,8 @@ Buffers = tuple[DeviceBuffer, DeviceBuffer, np.ndarray, np.ndarray]
 
 
 class CudaFusedAggregator:
-    """`aggregate(maps, out_hw, threshold)` in fused mode on the GPU.
+    """`aggregate(maps, out_hw, threshold)` in fused mode on the GPU; `out_hw` is the
+    model's input size in the station (the decision's resolution).
 
     `cuda` and `context`: the CUDA layer and the (primary) context the caller shares,
     the TensorRT backend's; a compile failure is a DependencyError naming nvcc.

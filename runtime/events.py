@@ -1,5 +1,8 @@
 """NG events on disk: `DIR/events.jsonl` plus the frame and its mask as PNG.
 
+The mask PNG has the frame's size (the decision's model-size mask upsampled as the
+overlay draws it), and `regions` are in frame pixels: the three line up.
+
 Each event is written in an order that never leaves a line pointing at missing files:
 frame PNG, mask PNG (each atomically, via a temporary file and a rename), then one
 JSON line appended with a single write and fsync'd. A disk budget bounds the folder:
@@ -30,6 +33,7 @@ import numpy as np
 
 from edgeas.errors import ConfigError, StreamError
 from edgeas.fileio import atomic_write_bytes, atomic_write_text
+from edgeas.runtime.render import mask_to_frame
 from edgeas.runtime.sink import FrameResult, Sink, SinkContext
 
 log = logging.getLogger("edgeas.stream")
@@ -112,7 +116,10 @@ class EventLog:
                "score": float(score), "threshold": float(threshold),
                "regions": [[int(v) for v in r] for r in regions],
                "image": f"{stem}.png", "mask": f"{stem}_mask.png"}
-        blobs = [(rec["image"], _png(frame)), (rec["mask"], _png(mask_to_png(mask)))]
+        # the decision's mask is at model size: saved at the frame's, so that it lines up
+        # with the saved frame and the boxes (frame pixels), in render's pixel mapping
+        shown = mask_to_frame(np.asarray(mask), frame.shape[:2])
+        blobs = [(rec["image"], _png(frame)), (rec["mask"], _png(mask_to_png(shown)))]
         line = json.dumps(rec) + "\n"
         for attempt in range(2):
             try:

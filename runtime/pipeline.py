@@ -5,7 +5,12 @@ Runtime and TensorRT) is rarely idle:
 
     reader:  source.read + preprocessing into a batch        -> queue (2 batches)
     infer:   backend.infer                                    -> queue (2 batches)
-    post:    aggregation at frame size, min-area, decision, render, fan-out to the sinks
+    post:    aggregation at model size, min-area, decision, render, fan-out to the sinks
+
+Decisions are made at the model's input resolution whatever the camera delivers, so that
+the threshold and `min_area` (model pixels) mean what they meant when the threshold was
+fitted and in `edgeas eval`; the region boxes are then scaled to frame pixels
+(runtime/render.py holds the one pixel mapping), and the overlay upsamples the map.
 
 Queues are short so that a live camera never builds a backlog (its capture thread
 already keeps only the newest frame). A stop request (SIGINT/SIGTERM, `--max-frames`,
@@ -36,7 +41,7 @@ from edgeas.errors import ConfigError, DependencyError, EdgeasError, StreamError
 from edgeas.postprocess import Settings
 from edgeas.runtime.backends import Backend
 from edgeas.runtime.preprocess import Preprocessor
-from edgeas.runtime.render import render
+from edgeas.runtime.render import boxes_to_frame, render
 from edgeas.runtime.sink import Fanout, FrameResult, Sink, SinkContext
 from edgeas.runtime.sources import Source
 from edgeas.runtime.stats import RollingRate, StageStats, format_stages
@@ -190,13 +195,14 @@ class Pipeline:
     def _one(self, frame: np.ndarray, maps: list[np.ndarray], item: _Batch, j: int) -> bool:
         s = self.settings
         t0 = time.perf_counter()
-        out_hw = frame.shape[:2]
+        model_hw = self.pre.input_hw
         if self._gpu_agg is not None:
-            amap, mask = self._gpu_agg(maps, out_hw, s.threshold)
+            amap, mask = self._gpu_agg(maps, model_hw, s.threshold)
         else:
-            amap, mask = aggregate(maps, out_hw, s.threshold, s.mode, s.blur)
+            amap, mask = aggregate(maps, model_hw, s.threshold, s.mode, s.blur)
         score = image_score(amap)
         mask, is_ng, regions = clean_and_decide(mask, s.min_area)
+        regions = boxes_to_frame(regions, model_hw, frame.shape[:2])
         t1 = time.perf_counter()
         self.stats.add("aggregate", t1 - t0)
         fps = self.rate.rate()

@@ -1,5 +1,14 @@
 """What an operator sees: the frame with a heat map of the anomaly map, the mask outline,
-the region boxes and a status bar (OK/NG, score, FPS, latency)."""
+the region boxes and a status bar (OK/NG, score, FPS, latency).
+
+Decisions are made at the model's resolution (README "Streaming station"): the map and
+mask arrive at model size and the boxes in frame pixels. One pixel mapping joins the
+two: frame pixel X belongs to model pixel floor((X + 0.5) * w / W), the pixel whose
+footprint holds X's centre under the preprocessing's plain resize. `mask_to_frame`
+upsamples with it and `boxes_to_frame` gives each region's box in the same mapping, so
+a drawn box is exactly the bounding box of its region in the upsampled mask (the one
+drawn and saved with an event).
+"""
 
 from __future__ import annotations
 
@@ -24,6 +33,41 @@ def as_bgr(frame: np.ndarray) -> np.ndarray:
     return frame.copy()
 
 
+def _frame_index(n_from: int, n_to: int) -> np.ndarray:
+    """For each of n_to frame pixels, the model pixel holding its centre."""
+    return (2 * np.arange(n_to, dtype=np.int64) + 1) * n_from // (2 * n_to)
+
+
+def _edge(i: int, n_from: int, n_to: int) -> int:
+    """The first frame pixel whose model pixel is >= i (ceil of an exact fraction)."""
+    return max(0, min(n_to, -((n_from - 2 * n_to * i) // (2 * n_from))))
+
+
+def mask_to_frame(mask: np.ndarray, frame_hw: tuple[int, int]) -> np.ndarray:
+    """A model-size 0/1 mask at the frame's size (nearest, the mapping above)."""
+    h, w = mask.shape[:2]
+    fh, fw = (int(v) for v in frame_hw)
+    if (h, w) == (fh, fw):
+        return mask
+    return mask.take(_frame_index(h, fh), axis=0).take(_frame_index(w, fw), axis=1)
+
+
+def boxes_to_frame(regions: list[list[int]], model_hw: tuple[int, int],
+                   frame_hw: tuple[int, int]) -> list[list[int]]:
+    """Boxes [x, y, w, h] in model pixels -> the same regions' boxes in frame pixels."""
+    (h, w), (fh, fw) = model_hw, frame_hw
+    if (h, w) == (fh, fw):
+        return [list(r) for r in regions]
+    out = []
+    for x, y, bw, bh in regions:
+        x0, x1 = _edge(x, w, fw), _edge(x + bw, w, fw)
+        y0, y1 = _edge(y, h, fh), _edge(y + bh, h, fh)
+        # a frame smaller than the model may hold no pixel of a tiny region: keep one
+        x0, y0 = min(x0, fw - 1), min(y0, fh - 1)
+        out.append([x0, y0, max(x1 - x0, 1), max(y1 - y0, 1)])
+    return out
+
+
 def heat(anomaly_map: np.ndarray, threshold: float | None) -> np.ndarray:
     """JET colours of the map, scaled so that the threshold sits in the middle of the range
     (without a threshold: the map's own maximum is the top)."""
@@ -43,14 +87,15 @@ def render(
     threshold: float | None,
     status: str = "",
 ) -> np.ndarray:
-    """A new annotated BGR image of the frame's size (the frame itself is not modified)."""
+    """A new annotated BGR image of the frame's size (the frame itself is not modified).
+    `anomaly_map` and `mask` at model (or frame) size, `regions` in frame pixels."""
     out = as_bgr(frame)
     if anomaly_map.shape != out.shape[:2]:
         anomaly_map = cv2.resize(anomaly_map, (out.shape[1], out.shape[0]))
     cv2.addWeighted(heat(anomaly_map, threshold), HEAT_ALPHA, out, 1 - HEAT_ALPHA, 0, dst=out)
     if mask is not None and mask.any():
-        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
-                                       cv2.CHAIN_APPROX_SIMPLE)
+        shown = mask_to_frame(mask.astype(np.uint8, copy=False), out.shape[:2])
+        contours, _ = cv2.findContours(shown, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, contours, -1, OUTLINE_COLOUR, 1, cv2.LINE_AA)
     colour = NG_COLOUR if is_ng else OK_COLOUR
     for x, y, w, h in regions:

@@ -58,12 +58,12 @@ class FrameResult:
     index: int  # frame number in the stream, from 0
     source: str  # where the frame came from (the image file of a folder source)
     frame: np.ndarray  # BGR, as captured
-    amap: np.ndarray  # anomaly map at the frame's size
-    mask: np.ndarray  # 0/1 mask after min-area cleaning
+    amap: np.ndarray  # anomaly map at the model's input size (decisions are made there)
+    mask: np.ndarray  # 0/1 mask after min-area cleaning, model size (render.mask_to_frame)
     is_ng: bool
     score: float
     threshold: float
-    regions: list[list[int]]  # [x, y, w, h] per region kept
+    regions: list[list[int]]  # [x, y, w, h] per region kept, in frame pixels
     latency_s: float  # capture to this result (decided and rendered), seconds
     fps: float | None  # rolling rate of the stream
     dropped: int  # frames the source dropped so far

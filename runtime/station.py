@@ -1,7 +1,8 @@
 """The station file (`edgeas stream --config station.yaml`) and the options of a stream.
 
 A station file holds what the command line would (interfaces.md): `model`, `source`,
-`threshold`, `min_area`, `aggregation`, `serve`, `show`, `record` and
+`threshold`, `min_area`, `aggregation`, `class` (the product inspected: the model's
+per-class threshold of that class), `serve`, `show`, `record` and
 `events: {dir, budget_mb}`. It loads through the core config loader
 (`edgeas.config.load_yaml_dataclass`): unknown keys are errors that name the key and
 the file, so a typo never silently runs a station with defaults. Relative paths in the file are
@@ -12,6 +13,7 @@ Flags given on the command line override the file.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ class StationFile:
     threshold: float | None = None
     min_area: int | None = None
     aggregation: str | None = None
+    cls: str | None = field(default=None, metadata={"key": "class"})
     serve: str | int | bool | None = None
     show: bool = False
     record: str | int | None = None
@@ -55,6 +58,7 @@ class StreamOptions:
     threshold: float | None = None  # None: the metadata's value
     min_area: int | None = None  # None: the metadata's value
     aggregation: str | None = None  # None: the metadata's mode
+    cls: str | None = None  # the class whose per-class threshold applies; None: all-class
     serve: str | None = None
     show: bool = False
     record: str | None = None
@@ -102,6 +106,10 @@ def load_station(path: str | Path) -> StreamOptions:
                           hint=f"did you mean '{close[0]}'?" if close else None)
     if data.min_area is not None and data.min_area < 0:
         raise ConfigError(f"{path}: 'min_area' must be >= 0, got {data.min_area!r}")
+    if data.threshold is not None and not (math.isfinite(data.threshold)
+                                           and data.threshold >= 0):
+        raise ConfigError(f"{path}: 'threshold' must be a finite number >= 0, got "
+                          f"{data.threshold!r}")
     if events.budget_mb is not None and events.budget_mb <= 0:
         raise ConfigError(f"{path}: events.budget_mb must be > 0, got {events.budget_mb}")
     serve = data.serve
@@ -114,6 +122,7 @@ def load_station(path: str | Path) -> StreamOptions:
         threshold=data.threshold,
         min_area=data.min_area,
         aggregation=data.aggregation,
+        cls=data.cls,
         serve=_text(serve),
         show=data.show,
         record=_text(data.record, base),

@@ -114,7 +114,8 @@ def test_every_sink_gets_open_frames_events_and_close_in_order():
     assert a.context.threshold == 0.5 and a.context.live is False
     r = a.results[1]
     assert (r.index, r.is_ng, r.score, r.threshold, r.model) == (1, True, 1.0, 0.5, "fake.onnx")
-    assert r.frame is pattern[1] and r.amap.shape == HW and r.mask.shape == HW
+    # decided at the model's size (32x32), boxes in frame pixels (issue 12)
+    assert r.frame is pattern[1] and r.amap.shape == r.mask.shape == FakeBackend.recipe.input_size
     assert r.regions == [[0, 0, 64, 48]] and r.latency_s > 0
     assert set(r.status()) == STATUS_KEYS == set(pipeline.last)
     assert summary["stages"]["sink:a"]["n"] == summary["stages"]["sink:b"]["n"] == 5
