@@ -26,12 +26,6 @@ ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 _METADATA_PROPS = 14
 
 
-def _validated(meta: Any, source: str) -> dict[str, Any]:
-    """The raw JSON object, once it has been proved to parse as a record."""
-    ModelRecord.from_json(meta, source)
-    return meta
-
-
 def sidecar_path(engine: str | Path) -> Path:
     """`model.engine` -> `model.engine.json`."""
     engine = Path(engine)
@@ -113,7 +107,10 @@ def onnx_metadata_props(path: str | Path) -> dict[str, str]:
     return props
 
 
-def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
+# Each kind of artifact: its JSON object and the name errors should give, unvalidated.
+
+
+def _onnx_json(path: str | Path) -> tuple[Any, str]:
     props = onnx_metadata_props(path)
     if ONNX_KEY not in props:
         raise ArtifactError(
@@ -123,13 +120,12 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
             "thresholds into the model",
         )
     try:
-        meta = json.loads(props[ONNX_KEY])
+        return json.loads(props[ONNX_KEY]), str(path)
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{path}: edgeas metadata is not valid JSON ({exc})") from exc
-    return _validated(meta, str(path))
 
 
-def read_engine_metadata(path: str | Path) -> dict[str, Any]:
+def _engine_json(path: str | Path) -> tuple[Any, str]:
     side = sidecar_path(path)
     if not side.is_file():
         raise ArtifactError(
@@ -137,37 +133,35 @@ def read_engine_metadata(path: str | Path) -> dict[str, Any]:
             hint="engines built by `edgeas build-engine` have one; rebuild the engine",
         )
     try:
-        meta = json.loads(side.read_text())
+        return json.loads(side.read_text()), str(side)
     except (OSError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{side}: unreadable engine sidecar ({exc})") from exc
-    return _validated(meta, str(side))
 
 
-def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
+def _checkpoint_json(path: str | Path) -> tuple[Any, str]:
     require("torch", "torch", "train")
     from edgeas.train.checkpoint import load_checkpoint
 
     data = load_checkpoint(path)
     if "metadata" not in data:
         raise ArtifactError(f"{path}: the checkpoint holds no edgeas metadata")
-    return _validated(data["metadata"], str(path))
+    return data["metadata"], str(path)
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The metadata record of a checkpoint (.pt), ONNX model (.onnx) or engine."""
+def _any_json(path: str | Path) -> tuple[Any, str]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"file not found: {path}")  # a name the user typed: exit 2
     suffix = path.suffix.lower()
     if suffix in CHECKPOINT_SUFFIXES:
-        return read_checkpoint_metadata(path)
+        return _checkpoint_json(path)
     if suffix == ".onnx":
-        return read_onnx_metadata(path)
+        return _onnx_json(path)
     if suffix in ENGINE_SUFFIXES or sidecar_path(path).is_file():
-        return read_engine_metadata(path)
+        return _engine_json(path)
     if suffix == ".json":
         try:
-            return _validated(json.loads(path.read_text()), str(path))
+            return json.loads(path.read_text()), str(path)
         except json.JSONDecodeError as exc:
             raise ArtifactError(f"{path}: not valid JSON ({exc})") from exc
     raise ArtifactError(
@@ -177,18 +171,41 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     )
 
 
+def _validated(found: tuple[Any, str]) -> dict[str, Any]:
+    """The file's own JSON object, once it has been proved to parse as a record."""
+    ModelRecord.from_json(*found)
+    return found[0]
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata JSON of a checkpoint (.pt), ONNX model (.onnx) or engine."""
+    return _validated(_any_json(path))
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
+    return _validated(_onnx_json(path))
+
+
+def read_engine_metadata(path: str | Path) -> dict[str, Any]:
+    return _validated(_engine_json(path))
+
+
+def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
+    return _validated(_checkpoint_json(path))
+
+
 def read_record(path: str | Path) -> ModelRecord:
     """The typed record of a checkpoint (.pt), ONNX model (.onnx) or engine."""
-    return ModelRecord.from_json(read_metadata(path), str(path))
+    return ModelRecord.from_json(*_any_json(path))
 
 
 def read_onnx_record(path: str | Path) -> ModelRecord:
-    return ModelRecord.from_json(read_onnx_metadata(path), str(path))
+    return ModelRecord.from_json(*_onnx_json(path))
 
 
 def read_engine_record(path: str | Path) -> ModelRecord:
-    return ModelRecord.from_json(read_engine_metadata(path), str(sidecar_path(path)))
+    return ModelRecord.from_json(*_engine_json(path))
 
 
 def read_checkpoint_record(path: str | Path) -> ModelRecord:
-    return ModelRecord.from_json(read_checkpoint_metadata(path), str(path))
+    return ModelRecord.from_json(*_checkpoint_json(path))
