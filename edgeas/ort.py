@@ -100,16 +100,20 @@ def cosine_per_image(got: np.ndarray, want: np.ndarray) -> np.ndarray:
 
 
 def accuracy(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> dict[str, dict]:
-    """Per output: worst per-image cosine (maps only: a per-image scalar has none), max
-    abs and relative error, finiteness."""
+    """Per output: worst per-image cosine (maps only: a per-image scalar has none; None
+    too when a map holds NaN or inf, where `cosine_per_image` would say 1.0), max abs
+    and relative error, finiteness and the number of images with non-finite values."""
     out = {}
     for name, ref in want.items():
         g = got[name]
         is_map = ref[0].size > 1
+        bad = int(np.sum(~np.isfinite(g.reshape(len(g), -1)).all(axis=1)))
         out[name] = {
-            "cosine_min": float(np.min(cosine_per_image(g, ref))) if is_map else None,
+            "cosine_min": (float(np.min(cosine_per_image(g, ref)))
+                           if is_map and not bad else None),
             "max_abs": float(np.max(np.abs(g.astype(np.float64) - ref))),
             "relative": relative_error(g, ref),
-            "finite": bool(np.isfinite(g).all()),
+            "finite": not bad,
+            "nonfinite_images": bad,
         }
     return out

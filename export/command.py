@@ -143,6 +143,15 @@ def _report_fp16(result) -> None:
     for name in ort:
         parts = []
         for label, acc in (("ORT", ort[name]), ("EMU", emu[name])):
+            if acc["nonfinite_images"]:
+                n = len(result.images)
+                parts.append(f"{label} non-finite on {acc['nonfinite_images']} of {n} images")
+                continue
             cos = "" if acc["cosine_min"] is None else f"cosine {acc['cosine_min']:.6f} "
             parts.append(f"{label} {cos}max abs {acc['max_abs']:.2e}")
         console.print(f"  {name:<12} " + " | ".join(parts))
+    span = result.fp16_range
+    if span.overflow is not None:
+        console.print(f"FP16 range (EMU): the first overflow: {span.overflow.describe()}")
+    elif span.peak is not None:
+        console.print(f"FP16 range (EMU): largest FP16 tensor at {span.peak.describe()}")

@@ -42,6 +42,7 @@ class ExportResult:
     fp16_record: ModelRecord | None = None
     fp16_accuracy: dict[str, dict] = field(default_factory=dict)
     fp16_stats: dict[str, Any] = field(default_factory=dict)
+    fp16_range: Any = None  # fp16_emulate.Fp16Range: first overflow or peak magnitude
     fp16_failure: ArtifactError | None = None  # set when the FP16 graph misses the gate
 
 
@@ -141,16 +142,19 @@ def export_model(
     return ExportResult(cleaned, exported, parity, stats, x, got)
 
 
-def add_fp16(result: ExportResult) -> None:
-    """The typed FP16 variant of `result.model`, measured against the FP32 graph on the
-    same images twice: the typed graph itself under ONNX Runtime, and its FP16-storage
-    emulation (`fp16.emulate_fp16`), which shows the rounding and overflow that ONNX
-    Runtime's CPU provider hides. A map below FP16_MIN_COSINE in either, or a
-    non-finite value, sets `result.fp16_failure` so that the caller can report the
-    numbers before failing."""
-    from edgeas.export.fp16 import convert_to_fp16, emulate_fp16
+def add_fp16(result: ExportResult, keep: frozenset[str] | None = None) -> None:
+    """The typed FP16 variant of `result.model` (FP32 groups `keep`, the converter's
+    default when None), measured against the FP32 graph on the same images twice: the
+    typed graph itself under ONNX Runtime, and its FP16-storage emulation
+    (`fp16_emulate`), which shows the rounding and overflow that ONNX Runtime's CPU
+    provider hides. The emulation also locates the first tensor that leaves the FP16
+    range (`fp16_range`). A non-finite map, or a map below FP16_MIN_COSINE in either
+    run, sets `result.fp16_failure` so that the caller can report the numbers before
+    failing."""
+    from edgeas.export.fp16 import DEFAULT_KEEP, convert_to_fp16
+    from edgeas.export.fp16_emulate import emulate_fp16, fp16_range
 
-    model16, stats = convert_to_fp16(result.model)
+    model16, stats = convert_to_fp16(result.model, DEFAULT_KEEP if keep is None else keep)
     runs = {
         "onnxruntime": model16,
         "fp16_storage_emulation": emulate_fp16(model16),
@@ -162,6 +166,7 @@ def add_fp16(result: ExportResult) -> None:
         )
         for kind, m in runs.items()
     }
+    span = fp16_range(model16, result.images)
     stage = dict(result.record.export or {})
     stage["fp16"] = {
         "kept_fp32": stats["kept_fp32"],
@@ -172,25 +177,47 @@ def add_fp16(result: ExportResult) -> None:
                    for k, v in per.items()}
             for kind, per in acc.items()
         },
+        "range": span.to_json(),
     }
     record16 = result.record.with_stage("export", stage, precision="fp16")
     onnxio.set_metadata(model16, record16.to_json())
     onnxio.check(model16, "FP16 graph")
     result.fp16, result.fp16_record = model16, record16
-    result.fp16_accuracy, result.fp16_stats = acc, stats
+    result.fp16_accuracy, result.fp16_stats, result.fp16_range = acc, stats, span
+    result.fp16_failure = fp16_gate(acc, span)
+
+
+def fp16_gate(acc: dict[str, dict[str, dict]], span) -> ArtifactError | None:
+    """The error that refuses an FP16 graph, or None. `acc`: run kind -> output ->
+    `ort.accuracy` entry; `span`: `fp16_range` of the emulation. Non-finite maps come
+    first and name the node that overflowed, which is the cause; a low cosine names it
+    too when something overflowed."""
+    cause = ("" if span.overflow is None
+             else f"; the first FP16 overflow: {span.overflow.describe()}")
+    hint = ("deploy the FP32 model, or INT8 with `edgeas calibrate`; a node that overflows "
+            "should stay FP32 in the converter (edgeas.export.fp16)")
+    for kind, per in acc.items():
+        for name, v in per.items():
+            if not v["finite"]:
+                return ArtifactError(
+                    f"the FP16 graph gives non-finite {name} on {v['nonfinite_images']} of "
+                    f"{span.images} images ({kind})"
+                    + (cause or "; no tensor leaves the FP16 range in the emulation"),
+                    hint=hint,
+                )
     worst = min(
         ((kind, name, v) for kind, per in acc.items() for name, v in per.items()
          if v["cosine_min"] is not None),
-        key=lambda item: item[2]["cosine_min"],
+        key=lambda item: item[2]["cosine_min"], default=None,
     )
-    finite = all(v["finite"] for per in acc.values() for v in per.values())
-    if not finite or worst[2]["cosine_min"] < FP16_MIN_COSINE:
-        result.fp16_failure = ArtifactError(
-            f"the FP16 graph is not accurate enough: {worst[1]} cosine "
-            f"{worst[2]['cosine_min']:.4f} < {FP16_MIN_COSINE} vs FP32 ({worst[0]}"
-            f"{'' if finite else ', with non-finite values'})",
-            hint="deploy the FP32 model, or INT8 with `edgeas calibrate`",
+    if worst is not None and worst[2]["cosine_min"] < FP16_MIN_COSINE:
+        kind, name, v = worst
+        return ArtifactError(
+            f"the FP16 graph is not accurate enough: {name} cosine {v['cosine_min']:.4f} "
+            f"< {FP16_MIN_COSINE} vs FP32 ({kind}){cause}",
+            hint=hint,
         )
+    return None
 
 
 def _fmt(values: dict[str, float]) -> str:

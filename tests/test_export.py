@@ -108,7 +108,7 @@ def test_metadata_round_trip_through_inspect(exported):
 
 
 def test_fp16_graph_is_accurate_under_onnx_runtime_and_emulated_fp16(exported):
-    from edgeas.export.fp16 import emulate_fp16
+    from edgeas.export.fp16_emulate import emulate_fp16
 
     m32, m16 = onnx.load(str(exported["fp32"])), onnx.load(str(exported["fp16"]))
     f16 = onnx.TensorProto.FLOAT16

@@ -13,7 +13,8 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from edgeas import ort  # noqa: E402
 from edgeas.errors import ConfigError  # noqa: E402
-from edgeas.export.fp16 import GROUPS, convert_to_fp16, emulate_fp16  # noqa: E402
+from edgeas.export.fp16 import GROUPS, convert_to_fp16  # noqa: E402
+from edgeas.export.fp16_emulate import emulate_fp16  # noqa: E402
 from edgeas.export.onnx_graph import MASK_VALUE, clean_model, dead_nodes  # noqa: E402
 
 C = 64
