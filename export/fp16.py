@@ -7,6 +7,12 @@ keeps chosen groups of nodes in FP32, with a Cast at every boundary:
 - ``norm``: LayerNormalization, InstanceNormalization (GroupNorm), GroupNormalization,
   BatchNormalization: their mean/variance accumulate many squares.
 - ``softmax``: Softmax and the mask addition feeding it (the scores meet -1e4 there).
+- ``scores``: the attention scores q.k^T: the MatMul whose product reaches a Softmax,
+  and the scale/mask arithmetic between them. Their range is the problem: a trained
+  unias-edge's finest-level cross-attention reaches |q.k^T| = 1.5e5 > 65504 (its keys
+  reach ~2e3), inf in FP16 and NaN after the Softmax (issue 21). Softmax ignores a
+  common offset, so the FP32 function is fine; q and k stay FP16, only the dot
+  products and what lies between them and the Softmax run in FP32.
 - ``reduce``: ReduceSum/Mean/L2/SumSquare/LogSumExp: long accumulations.
 - ``tail``: everything after the last Conv/MatMul/Gemm on the way to a graph output,
   and everything computed from it (the cosine distance 1 - cos(r, t) whose
@@ -26,12 +32,16 @@ import numpy as np
 
 from edgeas.errors import ArtifactError, ConfigError, require
 
-GROUPS = ("norm", "softmax", "reduce", "tail")
+GROUPS = ("norm", "softmax", "scores", "reduce", "tail")
 DEFAULT_KEEP = frozenset(GROUPS)
 NORM_OPS = {"LayerNormalization", "InstanceNormalization", "GroupNormalization",
             "BatchNormalization"}
 REDUCE_OPS = {"ReduceSum", "ReduceMean", "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp"}
 HEAVY_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+# What may lie between the score MatMul and its Softmax: scale, mask, reshaping.
+SCORE_PATH_OPS = {"Add", "Sub", "Mul", "Div", "Where", "Reshape", "Transpose", "Squeeze",
+                  "Unsqueeze"}
+SCORE_OPS = {"MatMul", "Gemm"}
 # Inputs whose type the ONNX spec fixes independently of the node's data type.
 FIXED_INPUTS = {"Resize": {1, 2}}
 FP16_MAX = float(np.finfo(np.float16).max)
@@ -74,6 +84,9 @@ def _kept_nodes(model, types: dict[str, int], keep: frozenset[str]) -> dict[int,
             mask_add = p is not None and nodes[p].op_type == "Add"
             if mask_add and any(x in inits for x in nodes[p].input):
                 kept[p] = "softmax"
+    if "scores" in keep:
+        for i in _score_nodes(nodes, producer, types):
+            kept.setdefault(i, "scores")
     if "tail" in keep:
         tail: set[int] = set()
         stack = [producer[o.name] for o in model.graph.output if o.name in producer]
@@ -99,6 +112,32 @@ def _kept_nodes(model, types: dict[str, int], keep: frozenset[str]) -> dict[int,
         for i in tail:
             kept.setdefault(i, "tail")
     return kept
+
+
+def _score_nodes(nodes: list, producer: dict[str, int], types: dict[str, int]) -> set[int]:
+    """The attention-score MatMul of each Softmax and the nodes between them.
+
+    Walks back from the Softmax through SCORE_PATH_OPS along the one input that is
+    computed from activations (a scale, a mask or a shape is a constant, an initializer
+    or not float); a path that ends anywhere but at a MatMul/Gemm keeps nothing.
+    """
+    f32 = _onnx().TensorProto.FLOAT
+    found: set[int] = set()
+    for n in nodes:
+        if n.op_type != "Softmax":
+            continue
+        path: list[int] = []
+        p = producer.get(n.input[0])
+        # bounded: torch writes at most a scale and a mask between the two
+        while p is not None and nodes[p].op_type in SCORE_PATH_OPS and len(path) < 8:
+            path.append(p)
+            data = [producer[x] for x in nodes[p].input
+                    if x in producer and types.get(x) == f32
+                    and nodes[producer[x]].op_type != "Constant"]
+            p = data[0] if len(data) == 1 else None
+        if p is not None and nodes[p].op_type in SCORE_OPS:
+            found.update((*path, p))
+    return found
 
 
 def fp32_node_names(model, keep: frozenset[str] | set[str] = DEFAULT_KEEP) -> dict[str, str]:

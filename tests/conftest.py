@@ -23,3 +23,12 @@ def full_keys_file() -> Path:
     if not path.exists():
         pytest.skip(f"{path} not found (set EDGEAS_SHARED)")
     return path
+
+
+@pytest.fixture(scope="session")
+def fp16_overflow_onnx() -> Path:
+    """The trained unias-edge whose FP16 emulation overflowed (regressions/README.md)."""
+    path = SHARED / "regressions" / "unias-edge-fp16-overflow.onnx"
+    if not path.exists():
+        pytest.skip(f"regression model not found at {path} (set EDGEAS_SHARED)")
+    return path

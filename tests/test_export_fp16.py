@@ -13,8 +13,13 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from edgeas import ort  # noqa: E402
 from edgeas.errors import ConfigError  # noqa: E402
-from edgeas.export.fp16 import GROUPS, convert_to_fp16  # noqa: E402
-from edgeas.export.fp16_emulate import emulate_fp16  # noqa: E402
+from edgeas.export.fp16 import (  # noqa: E402
+    DEFAULT_KEEP,
+    GROUPS,
+    convert_to_fp16,
+    fp32_node_names,
+)
+from edgeas.export.fp16_emulate import emulate_fp16, fp16_range  # noqa: E402
 from edgeas.export.onnx_graph import MASK_VALUE, clean_model, dead_nodes  # noqa: E402
 
 C = 64
@@ -65,6 +70,40 @@ def _cosine_distance_model() -> onnx.ModelProto:
     )
 
 
+def _attention_model(between: str = "Mul") -> onnx.ModelProto:
+    """x (N, 16, 8) -> softmax(q k^T / sqrt(8) + mask) v, one head, exported the way torch
+    writes it. q carries a large bias B in dimension 0 and k a constant c there (its
+    weights into that dimension are zero), as the keys of a trained model carry a large
+    common part: q.k^T gains B c on every score of a query, which Softmax ignores, so
+    the function is that of a small attention while q.k^T reaches ~4e5."""
+    rng = np.random.default_rng(4)
+    wq, wk, wv = (rng.standard_normal((8, 8)).astype(np.float32) for _ in range(3))
+    wk[:, 0] = 0
+    bq, bk = np.zeros(8, np.float32), np.zeros(8, np.float32)
+    bq[0], bk[0] = 2e4, 20.0
+    mask = np.where(np.eye(16, dtype=bool), -1e4, 0).astype(np.float32)
+    f = TensorProto.FLOAT
+    inits = [numpy_helper.from_array(v, k) for k, v in (
+        ("wq", wq), ("wk", wk), ("wv", wv), ("bq", bq), ("bk", bk), ("mask", mask),
+        ("scale", np.array(8 ** -0.5, np.float32)))]
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["q0"], name="q_proj"),
+        helper.make_node("Add", ["q0", "bq"], ["q"], name="q_bias"),
+        helper.make_node("MatMul", ["x", "wk"], ["k0"], name="k_proj"),
+        helper.make_node("Add", ["k0", "bk"], ["k"], name="k_bias"),
+        helper.make_node("MatMul", ["x", "wv"], ["v"], name="v_proj"),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1], name="k_t"),
+        helper.make_node("MatMul", ["q", "kt"], ["s"], name="scores"),
+        helper.make_node(between, ["s", "scale"] if between == "Mul" else ["s"], ["s2"],
+                         name="scale"),
+        helper.make_node("Add", ["s2", "mask"], ["s3"], name="mask"),
+        helper.make_node("Softmax", ["s3"], ["p"], axis=-1, name="softmax"),
+        helper.make_node("MatMul", ["p", "v"], ["out"], name="attend"),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("x", f, ["N", 16, 8])],
+                  [helper.make_tensor_value_info("out", f, ["N", 16, 8])], inits)
+
+
 def _run(model, x):
     return ort.run(ort.open_session(model.SerializeToString()), x)
 
@@ -89,6 +128,40 @@ def test_keeping_the_cosine_in_fp32_is_what_prevents_fp16_overflow():
     for run in (_run(typed, x), _run(emulate_fp16(typed), x)):
         acc = ort.accuracy(run, ref)["d"]
         assert acc["finite"] and acc["cosine_min"] > 0.9999 and acc["max_abs"] < 1e-3
+
+
+def test_attention_scores_overflow_fp16_and_the_scores_group_keeps_them_fp32():
+    model = _attention_model()
+    x = np.random.default_rng(5).standard_normal((3, 16, 8)).astype(np.float32)
+    ref = _run(model, x)
+
+    # without the group: q.k^T is ~4e5, inf in FP16, NaN after the Softmax, and the
+    # range check names the score MatMul, not the output that ends up NaN
+    naive, _ = convert_to_fp16(model, DEFAULT_KEEP - {"scores"})
+    assert not np.isfinite(_run(emulate_fp16(naive), x)["out"]).all()
+    span = fp16_range(naive, x)
+    hit = span.overflow
+    assert (hit.node, hit.op_type, hit.precision, hit.images) == ("scores", "MatMul", "fp16", 3)
+    assert 65520 < hit.max_abs < 1e6 and span.peak is None
+    assert hit.describe() == ("node scores (MatMul, fp16) reaches |x| 4e+05 > FP16 max 65504 "
+                              "on 3 image(s)")
+
+    typed, stats = convert_to_fp16(model)
+    kept = fp32_node_names(model)
+    assert {k: kept[k] for k in ("scores", "scale", "mask", "softmax")} == {
+        "scores": "scores", "scale": "scores", "mask": "softmax", "softmax": "softmax"}
+    assert stats["kept_fp32"]["scores"] == 2 and "q_proj" not in kept and "attend" not in kept
+    for run in (_run(typed, x), _run(emulate_fp16(typed), x)):
+        acc = ort.accuracy(run, ref)["out"]
+        assert acc["finite"] and acc["cosine_min"] > 0.999, acc
+    span = fp16_range(typed, x)
+    assert span.overflow is None and span.peak.node == "q_bias" and span.peak.images == 0
+    assert 1e4 < span.peak.max_abs < 65504
+
+
+def test_scores_group_keeps_only_a_matmul_that_reaches_a_softmax():
+    # Relu is no scale, mask or reshape: the Softmax's input is not a score product
+    assert "scores" not in fp32_node_names(_attention_model(between="Relu")).values()
 
 
 def test_typed_graph_keeps_float32_io_and_fp16_weights():
@@ -135,7 +208,7 @@ def test_converter_refuses_bad_requests():
     typed, _ = convert_to_fp16(model)
     with pytest.raises(ConfigError, match="already holds FP16"):
         convert_to_fp16(typed)
-    assert set(GROUPS) == {"norm", "softmax", "reduce", "tail"}
+    assert set(GROUPS) == {"norm", "softmax", "scores", "reduce", "tail"}
 
 
 def test_clean_model_folds_drops_dead_nodes_makes_masks_finite_and_names_stably():

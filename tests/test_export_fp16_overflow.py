@@ -1,6 +1,6 @@
 """FP16 overflow of the attention scores (issue 21) on the tiny preset made to overflow the
-way a trained unias-edge does, and the export gate that names the node where FP16
-overflows."""
+way a trained unias-edge does, the `scores` group that keeps them FP32, and the export
+gate that names the node where FP16 overflows."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx_graphsurgeon")
 torch = pytest.importorskip("torch")
 
+from edgeas import ort  # noqa: E402
 from edgeas.errors import ArtifactError  # noqa: E402
-from edgeas.export.fp16 import DEFAULT_KEEP  # noqa: E402
+from edgeas.export.fp16 import DEFAULT_KEEP, convert_to_fp16, fp32_node_names  # noqa: E402
+from edgeas.export.fp16_emulate import emulate_fp16, fp16_range  # noqa: E402
 
 DISTS = ["dist_res1", "dist_res2", "dist_res3", "dist_res4"]
 # The trained unias-edge of ../shared/regressions overflows here, at 8.1e4 and 1.5e5.
@@ -71,3 +73,36 @@ def test_gate_refuses_an_fp16_graph_that_overflows_and_names_the_node(exported, 
     _report_fp16(result)
     shown = capsys.readouterr().err
     assert "EMU non-finite on" in shown and f"the first overflow: node {SCORES}" in shown
+
+
+def test_attention_scores_stay_fp32_and_the_fp16_graph_passes(exported):
+    from edgeas.export.onnx_export import add_fp16
+
+    assert fp32_node_names(exported.model)[SCORES] == "scores"
+    result = copy.copy(exported)
+    add_fp16(result)
+    assert result.fp16_failure is None
+    for kind, per in result.fp16_accuracy.items():
+        for name in DISTS:
+            assert per[name]["finite"] and per[name]["cosine_min"] > 0.9999, (kind, per[name])
+    span = result.fp16_range
+    assert span.overflow is None and span.peak.max_abs < 65504
+    assert result.fp16_record.export["fp16"]["range"]["overflow"] is None
+
+
+@pytest.mark.slow
+def test_trained_unias_edge_gives_finite_fp16_maps(fp16_overflow_onnx):
+    """The model of issue 21: before, 8 of 8 sample images gave a NaN dist_res1."""
+    from edgeas.artifacts import read_onnx_record
+    from edgeas.export import verify
+
+    model = onnx.load(str(fp16_overflow_onnx))
+    images = verify.sample_images(read_onnx_record(fp16_overflow_onnx), 2)
+    ref = ort.run(ort.open_session(model.SerializeToString()), images)
+    typed, stats = convert_to_fp16(model)
+    assert stats["kept_fp32"]["scores"] > 0
+    got = ort.run(ort.open_session(emulate_fp16(typed).SerializeToString()), images)
+    acc = ort.accuracy(got, ref)
+    for name in DISTS:
+        assert acc[name]["finite"] and acc[name]["cosine_min"] > 0.999, (name, acc[name])
+    assert fp16_range(typed, images).overflow is None
