@@ -12,6 +12,9 @@ from publish import write_results
 
 METRICS = ("pixel_ap", "dsc", "dsc_deploy", "pixel_auroc", "image_auroc")
 SHORT = ("pAP", "DSC", "deploy DSC", "pixel AUROC", "image AUROC")
+# The station's OK/NG figures (edgeas.decisions), in runs evaluated since issue 12.
+DECISIONS = ("frame_recall", "frame_false_ng", "recall_at_fng_1", "recall_at_fng_5")
+DECISION_SHORT = ("frame recall", "false NG", "recall @1% fNG", "recall @5% fNG")
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -20,7 +23,12 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             for c in runs[0]["metrics"]}
     per_seed = {m: [r["metrics"]["mean"][m] for r in runs] for m in METRICS}
     timed = [r["train_loop_s"] for r in runs if not r.get("resumed")]
+    # decision metrics: the mean over the runs that have them (older runs do not)
+    decided = [r for r in runs if DECISIONS[0] in r["metrics"]["mean"]]
+    decisions = {m: float(np.mean([r["metrics"]["mean"][m] for r in decided]))
+                 for m in DECISIONS} if decided else {}
     return {
+        "decisions": decisions, "decision_seeds": [r["seed"] for r in decided],
         "seeds": [r["seed"] for r in runs], "metrics": mean, "per_seed": per_seed,
         "range": {m: max(v) - min(v) for m, v in per_seed.items()},
         "std": {m: statistics.stdev(v) if len(v) > 1 else None for m, v in per_seed.items()},
@@ -119,7 +127,44 @@ def markdown(report: dict[str, Any]) -> str:
             if cls != "mean":
                 lines.append(f"| {label} | {cls} | "
                              + " | ".join(pct(m[k]) for k in METRICS) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + decisions_section(report)) + "\n"
+
+
+def decisions_section(report: dict[str, Any]) -> list[str]:
+    """UniAS rows and the training-free baselines side by side on what a station is
+    judged by: image ranking and OK/NG calls (edgeas.decisions; per class, then mean)."""
+    rows, baselines = report["rows"], report.get("baselines", {})
+    head = ("| model | seeds | pAP | image AUROC | " + " | ".join(DECISION_SHORT) + " |")
+    lines = ["", "## Decisions, and the training-free baseline", "",
+             "What a station is judged by, on the same test images: image AUROC and the "
+             "decision metrics of `edgeas eval` (recall and false NG at the stored threshold, "
+             "`frame_fpr` fitted on held-out normal images; recall at 1% / 5% false NG per "
+             "class, then the mean). UniAS rows: mean over the seeds evaluated with them "
+             "(runs from before issue 12 have none). The baseline is fitted once on the "
+             "training split of the first row's config, its threshold on the same held-out "
+             "images (`benchmarks/patchcore.py`).", "", head,
+             "|---|---|---|---|" + "---|" * len(DECISIONS)]
+    for label, r in rows.items():
+        sm = r["summary"]
+        dec = sm.get("decisions") or {}
+        if not dec:
+            continue
+        # pAP and AUROC over the same seeds as the decision figures
+        same = [run["metrics"]["mean"] for run in r["runs"]
+                if run["seed"] in sm["decision_seeds"]]
+        pap, auroc = (float(np.mean([m[k] for m in same])) for k in ("pixel_ap", "image_auroc"))
+        lines.append(f"| {label} | {','.join(map(str, sm['decision_seeds']))} "
+                     f"| {pct(pap)} | {pct(auroc)} | "
+                     + " | ".join(pct(dec[k]) for k in DECISIONS) + " |")
+    for b in baselines.values():
+        m = b["metrics"]["mean"]
+        lines.append(f"| {b['label']} | - | {pct(m['pixel_ap'])} | {pct(m['image_auroc'])} | "
+                     + " | ".join(pct(m[k]) for k in DECISIONS) + " |")
+    for b in baselines.values():
+        lines += ["", f"{b['label']}: `{b['command']}`; bank {b['bank']} of {b['patches']} "
+                  f"patches, fitted in {b['fit_s']} s, {b['test_s_per_image']} s per test "
+                  f"image; threshold {b['threshold']:.4g} on {b['held_out']} held-out images."]
+    return lines
 
 
 def write(out: Path, report: dict[str, Any]) -> None:
