@@ -167,7 +167,9 @@ def train_and_eval(spec: str, seed: int, width: int, train: dict[str, Any], data
     edgeas("eval", "--checkpoint", str(run / "train" / "last.pt"), "--data", str(data),
            "--out", str(run / "eval"))
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    settings = run / "eval" / "aggregation.json"  # eval's smoothing comparison (issue 13)
     result = {
+        "aggregation": json.loads(settings.read_text()) if settings.exists() else None,
         "spec": spec, "seed": seed, "width": width, "run": str(run),
         # decision metrics exist in runs evaluated since issue 12 (older runs lack them)
         "metrics": {cls: {m: v[m] for m in (*METRICS, *DECISIONS) if m in v}

@@ -127,7 +127,7 @@ def markdown(report: dict[str, Any]) -> str:
             if cls != "mean":
                 lines.append(f"| {label} | {cls} | "
                              + " | ".join(pct(m[k]) for k in METRICS) + " |")
-    return "\n".join(lines + decisions_section(report)) + "\n"
+    return "\n".join(lines + decisions_section(report) + settings_section(report)) + "\n"
 
 
 def decisions_section(report: dict[str, Any]) -> list[str]:
@@ -165,6 +165,48 @@ def decisions_section(report: dict[str, Any]) -> list[str]:
                   f"patches, fitted in {b['fit_s']} s, {b['test_s_per_image']} s per test "
                   f"image; threshold {b['threshold']:.4g} on {b['held_out']} held-out images."]
     return lines
+
+
+SETTING_FIGURES = {"pixel_ap": "pAP", "dsc": "DSC", "image_auroc": "image AUROC",
+                   "recall_at_fng_1": "recall @1% fNG"}
+
+
+def settings_section(report: dict[str, Any]) -> list[str]:
+    """Each row's smoothing settings side by side (eval's aggregation.json, mean over the
+    seeds that have it), and what the fused mode costs against the reference."""
+    head = ("| config | seeds | smoothing | mode | " + " | ".join(SETTING_FIGURES.values())
+            + " |")
+    lines = ["", "## Aggregation settings", "",
+             "`edgeas eval`'s comparison on each trained model (aggregation.json): the "
+             "official smoothing and none, each computed straightforwardly (`reference`) "
+             "and fast (`fused`); mean over the seeds evaluated with it. Last columns, for "
+             "the model's own setting: fused minus reference pAP (points) and the share of "
+             "test images with the same OK/NG call at the stored threshold.", "",
+             head[:-1] + "| fused - ref pAP | same call |",
+             "|---|---|---|---|" + "---|" * (len(SETTING_FIGURES) + 2)]
+    for label, r in report["rows"].items():
+        runs = [run for run in r["runs"] if run.get("aggregation")]
+        if not runs:
+            continue
+        seeds = ",".join(str(run["seed"]) for run in runs)
+        first = runs[0]["aggregation"]
+        checks = [run["aggregation"]["fused_vs_reference"] for run in runs]
+        for name, modes in first["settings"].items():
+            for mode in modes:
+                vals = [float(np.mean([run["aggregation"]["settings"][name][mode][k]
+                                       for run in runs])) for k in SETTING_FIGURES]
+                own = name == first["setting"] and mode == "fused"
+                extra = ("| - | - |" if not own else
+                         f"| {np.mean([c['pixel_ap_points'] for c in checks]):+.2f} "
+                         f"| {_same(checks)} |")
+                lines.append(f"| {label} | {seeds} | {name} | {mode} | "
+                             + " | ".join(pct(v) for v in vals) + " " + extra)
+    return lines
+
+
+def _same(checks: list[dict[str, Any]]) -> str:
+    same = [c["same_decision"] for c in checks if c["same_decision"] is not None]
+    return "-" if not same else f"{100 * min(same):.1f}% (worst seed)"
 
 
 def write(out: Path, report: dict[str, Any]) -> None:

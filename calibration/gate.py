@@ -2,11 +2,11 @@
 
 On the held-out normal images (never used for calibration) and, with --eval-data, on a
 test split: per-image cosine similarity of each per-level map and of the anomaly map
-(reference aggregation, at model resolution); on the test split also pAP, DSC and
-AUROCs via `edgeas.metrics.evaluate`, FP32 vs INT8. With a test split the gate fails
-when pAP drops by more than `max_pap_drop` points (what segmentation is judged on);
-without one, when the worst anomaly-map cosine is below `min_cosine`. Every number is
-reported either way.
+(the record's aggregation, as the station computes it, at model resolution); on the
+test split also pAP, DSC and AUROCs via `edgeas.metrics.evaluate`, FP32 vs INT8. With a
+test split the gate fails when pAP drops by more than `max_pap_drop` points (what
+segmentation is judged on); without one, when the worst anomaly-map cosine is below
+`min_cosine`. Every number is reported either way.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 from edgeas.aggregate import aggregate_batch
 from edgeas.metrics import evaluate
 from edgeas.ort import cosine_per_image, run
+from edgeas.postprocess import record_setting
 from edgeas.record import ModelRecord
 
 MAP = "anomaly_map"
@@ -44,7 +45,7 @@ class Gate:
     def __init__(self, record: ModelRecord, fp32, variants: dict[str, Any]) -> None:
         self.outputs = list(record.model.outputs)
         self.size = tuple(record.preprocessing.input_size)
-        self.blur = [tuple(b) for b in record.aggregation.blur]
+        self.setting = record_setting(record)  # the station's mode, smoothing, levels
         self.fp32, self.variants = fp32, variants
         self.cos: dict[str, dict[str, dict[str, list[np.ndarray]]]] = {
             v: {s: {} for s in SETS} for v in variants}
@@ -55,7 +56,7 @@ class Gate:
     def _run(self, session, images: np.ndarray) -> dict[str, np.ndarray]:
         out = run(session, images)
         levels = [out[name][:, 0] for name in self.outputs]
-        out[MAP] = aggregate_batch(levels, self.size, "reference", self.blur)
+        out[MAP] = aggregate_batch(levels, self.size, *self.setting)
         return out
 
     def add(self, images: np.ndarray, which: str, masks: np.ndarray | None = None,

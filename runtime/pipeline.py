@@ -197,9 +197,9 @@ class Pipeline:
         t0 = time.perf_counter()
         model_hw = self.pre.input_hw
         if self._gpu_agg is not None:
-            amap, mask = self._gpu_agg(maps, model_hw, s.threshold)
+            amap, mask = self._gpu_agg(maps, model_hw, s.threshold, s.smoothing, s.levels)
         else:
-            amap, mask = aggregate(maps, model_hw, s.threshold, s.mode, s.blur)
+            amap, mask = aggregate(maps, model_hw, s.threshold, s.mode, s.smoothing, s.levels)
         score = image_score(amap)
         mask, is_ng, regions = clean_and_decide(mask, s.min_area)
         regions = boxes_to_frame(regions, model_hw, frame.shape[:2])

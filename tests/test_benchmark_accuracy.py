@@ -111,3 +111,27 @@ def test_the_decision_table_sets_uniAS_rows_beside_the_baseline():
     assert "| ref [2 ep] |" not in section  # no run of it was evaluated with decisions
     assert "| kNN | - | 90.00 | 90.00 | 90.00 | 90.00 | 90.00 | 90.00 |" in section
     assert "bank 10 of 100 patches" in section
+
+
+def _with_settings(run: dict, pap_none: float, same: float) -> dict:
+    figures = {"pixel_ap": 0.5, "dsc": 0.4, "image_auroc": 0.7, "recall_at_fng_1": 0.3}
+    none = dict(figures, pixel_ap=pap_none)
+    run["aggregation"] = {
+        "setting": "official", "mode": "fused",
+        "settings": {"official": {"reference": figures, "fused": figures},
+                     "none": {"reference": none, "fused": none}},
+        "fused_vs_reference": {"pixel_ap_points": 0.1, "same_decision": same}}
+    return run
+
+
+def test_the_settings_table_averages_eval_s_comparison_over_seeds():
+    runs = [_with_settings(_run(0, 0.1, 0.2), 0.6, 1.0), _with_settings(_run(1, 0.1, 0.2), 0.7,
+                                                                        0.99), _run(2, 0.1, 0.2)]
+    text = markdown(_report({"ref [2 ep]": _row("ref", [_run(0, 0.1, 0.2)]),
+                             "edge [2 ep]": _row("edge", runs)}))
+    section = text[text.index("## Aggregation settings"):]
+    assert "| ref [2 ep] |" not in section  # no run of it has eval's comparison
+    assert "| edge [2 ep] | 0,1 | none | fused | 65.00 | 40.00 | 70.00 | 30.00 | - | - |" in section
+    # the model's own setting in the mode it deploys: the fused-vs-reference columns
+    assert ("| edge [2 ep] | 0,1 | official | fused | 50.00 | 40.00 | 70.00 | 30.00 | +0.10 "
+            "| 99.0% (worst seed) |") in section
