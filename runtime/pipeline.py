@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 
 from edgeas.aggregate import aggregate, clean_and_decide, image_score
@@ -201,14 +202,23 @@ class Pipeline:
         else:
             amap, mask = aggregate(maps, model_hw, s.threshold, s.mode, s.smoothing, s.levels)
         score = image_score(amap)
-        mask, is_ng, regions = clean_and_decide(mask, s.min_area)
-        regions = boxes_to_frame(regions, model_hw, frame.shape[:2])
+        mask, is_ng, model_regions = clean_and_decide(mask, s.min_area)
+        regions = boxes_to_frame(model_regions, model_hw, frame.shape[:2])
         t1 = time.perf_counter()
         self.stats.add("aggregate", t1 - t0)
         fps = self.rate.rate()
         shown = None
-        if self.render or self.sinks.needs_render:
-            shown = render(frame, amap, mask, regions, is_ng, score, s.threshold,
+        wanted, width = self.sinks.render_request()
+        if self.render or wanted:
+            # drawn on the frame scaled to the widest width the sinks use (the live page
+            # alone: <= 1280 px), at the frame's own size for a recording or a window
+            canvas, boxes = frame, regions
+            if width is not None and not self.render and frame.shape[1] > width:
+                canvas = cv2.resize(frame, (width, max(1, round(frame.shape[0] * width
+                                                               / frame.shape[1]))),
+                                    interpolation=cv2.INTER_AREA)
+                boxes = boxes_to_frame(model_regions, model_hw, canvas.shape[:2])
+            shown = render(canvas, amap, mask, boxes, is_ng, score, s.threshold,
                            f"{fps:.1f} FPS" if fps else "")
         t2 = time.perf_counter()
         if shown is not None:

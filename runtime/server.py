@@ -38,6 +38,9 @@ BOUNDARY = "edgeasframe"
 MAX_STREAM_CLIENTS = 8
 JPEG_QUALITY = 80
 PUBLISH_IDLE_S = 1.0  # refresh the served frame this often even when nobody watches
+# The page shows the overlay at most this wide whatever the camera gives: a browser shows
+# it smaller anyway, and a 4K overlay would cost the station's CPU for nothing.
+LIVE_MAX_WIDTH = 1280
 
 
 def parse_address(value: str, default_port: int = 8080) -> tuple[str, int]:
@@ -201,6 +204,8 @@ class LiveServer(Sink):
 
     def _frame_due(self, now: float) -> bool:
         return self.viewers > 0 or now - self._published > PUBLISH_IDLE_S
+
+    render_width = LIVE_MAX_WIDTH
 
     @property
     def needs_render(self) -> bool:

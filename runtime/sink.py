@@ -30,7 +30,10 @@ Rendering: the overlay is drawn at most once per frame, and only when the pipeli
 was asked to render (benchmarks) or some sink's `needs_render` is true; that property
 is read every frame before rendering, so a sink can want frames only some of the time
 (the live page: while someone watches, or when its idle refresh is due).
-`result.rendered` is None when nobody needed it.
+`result.rendered` is None when nobody needed it. A sink that shows the overlay small
+says so with `render_width` (the live page: at most 1280 px wide): when every sink that
+wants the overlay has such a bound, it is drawn on the frame scaled down to the widest
+of them, so a 4K camera costs a 4K overlay only for a recording or a window.
 """
 
 from __future__ import annotations
@@ -104,6 +107,9 @@ class Sink:
         """True when the next frame's overlay is wanted (read every frame)."""
         return False
 
+    # The widest overlay this sink uses, in pixels; None: the frame's own size.
+    render_width: int | None = None
+
     def open(self, context: SinkContext) -> None:  # noqa: B027 - optional hook
         pass
 
@@ -137,9 +143,16 @@ class Fanout:
 
     @property
     def needs_render(self) -> bool:
+        return self.render_request()[0]
+
+    def render_request(self) -> tuple[bool, int | None]:
+        """(whether the next frame's overlay is wanted, the widest width any sink that
+        wants it uses; None: the frame's own size)."""
         # every sink is asked (no short cut): a sink may keep time in needs_render
-        wants = [s.needs_render for s in self.sinks]
-        return any(wants)
+        wanting = [s for s in self.sinks if s.needs_render]
+        if not wanting or any(s.render_width is None for s in wanting):
+            return bool(wanting), None
+        return True, max(int(s.render_width) for s in wanting)
 
     def open(self, context: SinkContext) -> None:
         """Open in order; when one fails, every sink is closed with its error."""
