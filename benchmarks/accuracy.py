@@ -262,6 +262,18 @@ def merge_runs(old: dict[str, Any] | None, runs: list[dict[str, Any]]) -> list[d
     return sorted([*kept, *runs], key=lambda r: r["seed"])
 
 
+def add_baselines(json_path: Path, a: argparse.Namespace) -> None:
+    """The --baselines on the data of accuracy.json's settings, its rows kept as they are."""
+    report = json.loads(json_path.read_text())
+    s = report["settings"]
+    data = make_data(a.work, s["classes"], s["per_class"], s["data_seed"])
+    command = "python " + " ".join(shlex.quote(v) for v in sys.argv)
+    for name in filter(None, (b.strip() for b in a.baselines.split(","))):
+        row = baseline_row(name, data, report["reference"], a.coreset)
+        report.setdefault("baselines", {})[name] = dict(row, command=command)
+    write(a.out, report)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", default="unias-lite,unias-edge", help="first = reference")
@@ -279,6 +291,8 @@ def main() -> None:
     p.add_argument("--merge", action="store_true", help="keep accuracy.json's other rows")
     p.add_argument("--report-only", action="store_true", help="only rewrite accuracy.md")
     p.add_argument("--baselines", default="", help="training-free peers to add: patchcore")
+    p.add_argument("--baselines-only", action="store_true",
+                   help="add --baselines to accuracy.json's rows without training any")
     p.add_argument("--coreset", type=float, default=0.1, help="PatchCore coreset fraction")
     a = p.parse_args()
     json_path = a.out / "accuracy.json"
@@ -287,6 +301,8 @@ def main() -> None:
         for row in report["rows"].values():
             row["summary"] = summarise(row["runs"])
         return write(a.out, report)
+    if a.baselines_only:
+        return add_baselines(json_path, a)
     specs = [c.strip() for c in a.configs.split(",") if c.strip()]
     seeds = [int(v) for v in a.seeds.split(",")]
     # A constant rate: lr_step_epochs far beyond the budget.
