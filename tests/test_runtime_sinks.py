@@ -112,6 +112,17 @@ def test_every_sink_gets_open_frames_events_and_close_in_order():
     assert summary["a"] == summary["b"] == 5  # each sink adds to the summary
     assert a.context.source == "memory://5-frames" and a.context.model == "fake.onnx"
     assert a.context.threshold == 0.5 and a.context.live is False
+    # what the live page shows of the station and its sources
+    (info,) = a.context.sources
+    assert (info.name, info.uri, info.kind, info.live) == ("memory", "memory://5-frames",
+                                                          "file", False)
+    assert info.condition()[0] == "ended"  # asked after the run: the source ran out
+    station = a.context.station
+    assert station["model"] == "fake.onnx" and station["backend"] == "fake"
+    assert station["threshold"] == {"value": 0.5, "origin": "override", "overridden": True,
+                                    "policy": None, "param": None, "fitted": None}
+    assert station["min_area"] == 0 and station["aggregation"] == {
+        "mode": "fused", "smoothing": "official", "levels": "all"}
     r = a.results[1]
     assert (r.index, r.is_ng, r.score, r.threshold, r.model) == (1, True, 1.0, 0.5, "fake.onnx")
     # decided at the model's size (32x32), boxes in frame pixels (issue 12)
@@ -195,8 +206,13 @@ def test_sink_names_are_unique():
 def test_events_and_recording_as_sinks(tmp_path):
     writer = EventWriter(EventLog(tmp_path / "ev", 10, "memory://5-frames"))
     recorder = Recorder(tmp_path / "rec.avi", 25)
+    seen = Calls("seen")
     pattern = [DARK, BRIGHT, DARK, DARK, BRIGHT]
-    summary = _pipeline(pattern, [writer, recorder]).run()
+    summary = _pipeline(pattern, [writer, recorder, seen]).run()
+    # the writer declared its folder to the other sinks (the live page serves from it)
+    (store,) = seen.context.event_stores
+    assert store.folder == tmp_path / "ev" and store.budget_bytes == 10 * 2**20
+    assert store.used_bytes() == writer.events.total_bytes > 0
     lines = [json.loads(s) for s in (tmp_path / "ev" / "events.jsonl").read_text().splitlines()]
     assert [e["frame"] for e in lines] == [1, 4]  # the writer was drained on close
     assert lines[0]["source"] == "memory://5-frames" and lines[0]["threshold"] == 0.5
