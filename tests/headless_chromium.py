@@ -98,8 +98,11 @@ class Chromium:
                 raise RuntimeError(f"{method}: {reply['error']}")
             return reply["result"]
 
-    def open(self, url: str) -> None:
+    def open(self, url: str, timeout: float = 30) -> None:
+        """Navigate to `url` and wait until it has loaded (its scripts have run)."""
         self.call("Page.navigate", {"url": url})
+        self.wait_for(f"location.href === {json.dumps(url)} && "
+                      "document.readyState === 'complete'", timeout)
 
     def evaluate(self, expression: str) -> Any:
         """The value of a JavaScript expression (a promise is awaited)."""

@@ -237,20 +237,26 @@ def test_the_live_page_publishes_the_status_and_the_events_written():
         context = SinkContext("memory://x", False, None, "fake.onnx", 0.5)
         server.open(context)
         assert server.needs_render  # the first frame is due (idle refresh)
-        context.recent_events.appendleft({"frame": 3, "score": 1.0})  # what a writer adds
+        event = {"frame": 3, "score": 1.0, "image": "00000003_t.png"}
+        context.recent_events.appendleft(event)  # what a writer adds
         result = FrameResult(3, "memory://x", BRIGHT, np.ones(HW, np.float32),
                              np.ones(HW, np.uint8), True, 1.0, 0.5, [[0, 0, 64, 48]], 0.01, 20.0,
                              0, "fake.onnx", rendered=BRIGHT)
         server.on_frame(result)
-        status = server.state.status
-        assert set(status) == STATUS_KEYS | {"events", "running"}
-        assert status["events"] == [{"frame": 3, "score": 1.0}] and status["verdict"] == "NG"
-        assert server.state.seq == 1 and server.state.frame is BRIGHT
+        status = server.status()
+        assert set(status) == {"running", "station", "sources", "events"}
+        (source,) = status["sources"]
+        # the picture served and the newest frame decided: here the same frame
+        assert source["shown"] == dict(result.status(), seq=1)
+        assert source["latest"] == result.status() and set(result.status()) == STATUS_KEYS
+        assert status["events"]["recent"] == [dict(event, id="00000003_t")]
+        view = server.state.views[0]
+        assert view.seq == 1 and view.frame is BRIGHT
         assert not server.needs_render  # no viewer, and the refresh is not due yet
     finally:
         server.close()
         server.close()  # closing twice is harmless (the pipeline and its owner may both)
-    assert server.state.status["running"] is False
+    assert server.status()["running"] is False
 
 
 def test_the_factory_builds_the_sinks_the_options_ask_for(tmp_path):
