@@ -32,6 +32,7 @@ import time
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -39,12 +40,12 @@ import numpy as np
 
 from edgeas.aggregate import aggregate, clean_and_decide, image_score
 from edgeas.errors import ConfigError, DependencyError, EdgeasError, StreamError
-from edgeas.postprocess import Settings
+from edgeas.postprocess import Settings, smoothing_name
 from edgeas.runtime.backends import Backend
 from edgeas.runtime.preprocess import Preprocessor
 from edgeas.runtime.render import boxes_to_frame, render
-from edgeas.runtime.sink import Fanout, FrameResult, Sink, SinkContext
-from edgeas.runtime.sources import Source
+from edgeas.runtime.sink import Fanout, FrameResult, Sink, SinkContext, SourceInfo
+from edgeas.runtime.sources import Source, redact
 from edgeas.runtime.stats import RollingRate, StageStats, format_stages
 
 log = logging.getLogger("edgeas.stream")
@@ -172,9 +173,10 @@ class Pipeline:
 
     def _post(self, inp: queue.Queue) -> None:
         try:
-            self.sinks.open(SinkContext(self.source.spec.uri, self.source.live,
-                                        self.source.fps, self.model_label,
-                                        self.settings.threshold))
+            src = self.source
+            self.sinks.open(SinkContext(src.spec.uri, src.live, src.fps, self.model_label,
+                                        self.settings.threshold, station=self.station(),
+                                        sources=(source_info(src),)))
             while (got := inp.get()) is not _END:
                 if self.errors:
                     continue
@@ -239,6 +241,27 @@ class Pipeline:
         self.last = dict(result.status(), latency_ms=latency * 1e3, fps=self.rate.rate())
         return keep
 
+    def station(self) -> dict[str, Any]:
+        """What the station is set to, for the operator (the live page's settings)."""
+        s, desc = self.settings, self.backend.describe()
+        record = getattr(self.backend, "record", None)  # stand-in backends of tests have none
+        fitted = record.threshold if record is not None else None
+        names = record.model.level_names if record is not None else ()
+        levels = [names[i] for i in s.levels] if s.levels is not None and names else "all"
+        return {
+            "model": self.model_label, "preset": desc.get("preset"),
+            "precision": desc.get("precision"), "backend": desc.get("backend"),
+            "device": desc.get("device"), "input_size": desc.get("input_size"),
+            "threshold": {"value": s.threshold, "origin": s.threshold_origin,
+                          "overridden": s.threshold_origin == "override",
+                          "policy": fitted.policy if fitted else None,
+                          "param": fitted.param if fitted else None,
+                          "fitted": fitted.value if fitted else None},
+            "min_area": s.min_area,
+            "aggregation": {"mode": s.mode + (" (gpu)" if self._gpu_agg else ""),
+                            "smoothing": smoothing_name(s.smoothing), "levels": levels},
+        }
+
     # ------------------------------------------------------------------ run
 
     def run(self) -> dict[str, Any]:
@@ -286,6 +309,15 @@ class Pipeline:
             "stopped": self.stop.is_set(),
             **self.sinks.summary(),  # what the sinks add: `recording`, `events`
         }
+
+
+def source_info(source: Source) -> SourceInfo:
+    """How the sinks may show a source: a file or folder by its name, a camera by its URI
+    without a password."""
+    spec = source.spec
+    name = Path(spec.target).name if spec.kind in ("file", "folder") else redact(spec.uri)
+    return SourceInfo(name or spec.uri, redact(spec.uri), spec.kind, source.live, source.fps,
+                      source.condition)
 
 
 @contextmanager

@@ -3,8 +3,9 @@
 A sink (the live page, the window, the recording, the events writer; MQTT or a webhook
 later) is called by the pipeline's post thread only, in this order:
 
-    open(context)       once, before the first frame (a SinkContext: the run's source,
-                        model, threshold and the board of recently written events)
+    open(context)       once, before the first frame (a SinkContext: the run's sources,
+                        model, threshold, what the station is set to, the board of
+                        recently written events and the folders they go to)
     on_frame(result)    every processed frame (a FrameResult); returning False asks the
                         pipeline to stop (the window's `q`); None or True carry on
     on_event(result)    right after on_frame, for an NG frame only
@@ -41,8 +42,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,6 +74,7 @@ class FrameResult:
     dropped: int  # frames the source dropped so far
     model: str = ""  # the model's label
     rendered: np.ndarray | None = None  # the overlay, when some sink needed it
+    stream: int = 0  # which of the run's sources it came from (index in SinkContext.sources)
 
     def status(self) -> dict[str, Any]:
         """What the live page shows of this frame (and `Pipeline.last` holds)."""
@@ -79,6 +82,31 @@ class FrameResult:
                 "threshold": self.threshold, "regions": self.regions,
                 "latency_ms": self.latency_s * 1e3, "fps": self.fps, "dropped": self.dropped,
                 "source": self.source, "model": self.model}
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """One source of the run as a sink may show it; `condition()` is asked at any time
+    (from another thread too): ('live' | 'reconnecting' | 'reading' | 'ended' | 'closed',
+    time.time() when that began)."""
+
+    name: str
+    uri: str
+    kind: str  # v4l2 | csi | rtsp | file | folder
+    live: bool
+    fps: float | None
+    condition: Callable[[], tuple[str, float]] = lambda: ("reading", 0.0)
+
+
+@dataclass(frozen=True)
+class EventStore:
+    """A folder of events as the sink that writes it declares it (on open), for the sinks
+    that show it: the live page lists its use of the budget and serves event images from
+    it (by event id, never by a path). `used_bytes()` may be asked from another thread."""
+
+    folder: Path
+    budget_bytes: int
+    used_bytes: Callable[[], int]
 
 
 @dataclass(frozen=True)
@@ -94,6 +122,13 @@ class SinkContext:
     # one that shows them (the live page) reads them
     recent_events: deque[dict[str, Any]] = field(
         default_factory=lambda: deque(maxlen=RECENT_EVENTS))
+    # what the station is set to, for display (Pipeline.station(): model, precision,
+    # backend, device, threshold and its policy, min_area, aggregation)
+    station: Mapping[str, Any] = field(default_factory=dict)
+    # the run's sources, FrameResult.stream indexes them (one today)
+    sources: tuple[SourceInfo, ...] = ()
+    # filled by the sinks that write events, in their open()
+    event_stores: list[EventStore] = field(default_factory=list)
 
 
 class Sink:
@@ -204,4 +239,5 @@ class Fanout:
         return out
 
 
-__all__ = ["SINK_BUDGET_S", "Fanout", "FrameResult", "Sink", "SinkContext"]
+__all__ = ["SINK_BUDGET_S", "EventStore", "Fanout", "FrameResult", "Sink", "SinkContext",
+           "SourceInfo"]
