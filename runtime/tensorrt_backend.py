@@ -136,14 +136,25 @@ class TensorRTBackend(Backend):
         self.context.set_input_shape(self.input_name, (self.max_batch, 3, h, w))
         self.host: dict[str, np.ndarray] = {}
         self.dev: dict[str, DeviceBuffer] = {}
-        for name in [self.input_name, *self.output_names]:
-            dims = tuple(self.context.get_tensor_shape(name))
-            dtype = trt.nptype(self.engine.get_tensor_dtype(name))
-            if np.dtype(dtype) != np.float32:
-                raise ArtifactError(f"{self.path}: tensor {name} is {np.dtype(dtype)}; the "
+        # Every I/O tensor gets an address, not only the ones read back: enqueueV3 fails
+        # while any has neither an address nor an output allocator (an engine exported
+        # --with-map also has anomaly_map and score). NVIDIA's
+        # samples/python/common_runtime.py (allocate_buffers) binds all num_io_tensors
+        # the same way. Only the input and the level maps get page-locked host copies.
+        copied = {self.input_name, *self.output_names}
+        for name in names:
+            dims = tuple(int(d) for d in self.context.get_tensor_shape(name))
+            dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
+            if any(d < 0 for d in dims):
+                raise ArtifactError(f"{self.path}: tensor {name} has shape {dims} at batch "
+                                    f"{self.max_batch}; only the batch may be dynamic")
+            if name in copied and dtype != np.float32:
+                raise ArtifactError(f"{self.path}: tensor {name} is {dtype}; the "
                                     "runtime expects float32 I/O (typed engines keep it)")
-            self.host[name] = cuda.pinned_empty(dims, np.float32)
-            self.dev[name] = cuda.alloc(self.host[name].nbytes)
+            nbytes = max(1, int(np.prod(dims, dtype=np.int64)) * dtype.itemsize)
+            if name in copied:
+                self.host[name] = cuda.pinned_empty(dims, np.float32)
+            self.dev[name] = cuda.alloc(nbytes)
             self.context.set_tensor_address(name, self.dev[name].ptr)
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:

@@ -233,8 +233,10 @@ class StandInTensorRT:
     TensorIOMode = SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
     OUTPUTS = {"dist_res1": 112, "dist_res2": 56, "dist_res3": 28, "dist_res4": 14}
 
-    def __init__(self, cuda: FakeCuda, ok: bool = True) -> None:
+    def __init__(self, cuda: FakeCuda, ok: bool = True, with_map: bool = False) -> None:
         self.cuda, self.ok = cuda, ok
+        # an engine built from an ONNX exported --with-map: two more outputs after the levels
+        self.extra = {"anomaly_map": (1, 224, 224), "score": ()} if with_map else {}
         trt = self
 
         class Logger:
@@ -251,15 +253,14 @@ class StandInTensorRT:
                 return trt
 
         self.Logger, self.Runtime = Logger, Runtime
-        self.names = ["image", *self.OUTPUTS]
+        self.names = ["image", *self.OUTPUTS, *self.extra]
+        self.num_io_tensors = len(self.names)
 
     @staticmethod
     def nptype(dtype):
         return np.float32
 
     # the engine
-    num_io_tensors = 5
-
     def get_tensor_name(self, i: int) -> str:
         return self.names[i]
 
@@ -267,6 +268,8 @@ class StandInTensorRT:
         return "INPUT" if name == "image" else "OUTPUT"
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        if name in self.extra:
+            return (-1, *self.extra[name])
         side = self.OUTPUTS.get(name)
         return (-1, 3, 224, 224) if side is None else (-1, 1, side, side)
 
@@ -304,6 +307,9 @@ class _StandInExecutionContext:
             out = trt.cuda.buffer_at(self.addresses[name]).memory
             values = np.repeat(image.mean(axis=1), side * side).astype(np.float32)
             out[: values.nbytes] = values.tobytes()
+        for name, dims in trt.extra.items():  # the whole buffer must be there for max batch
+            size = n * int(np.prod(dims, dtype=np.int64)) * 4
+            assert trt.cuda.buffer_at(self.addresses[name]).nbytes >= size, name
         trt.cuda.record("execute_async_v3", stream_handle)
         return trt.ok
 
@@ -335,6 +341,25 @@ def test_tensorrt_backend_on_the_cuda_layer(tmp_path, monkeypatch):
     assert cuda.calls[1][2:] == (x.nbytes, stream) and cuda.calls[2][1] == stream
     backend.close()
     assert cuda.live_buffers() == [] and cuda.call_names()[-2:] == ["pop", "release"]
+
+
+def test_tensorrt_backend_binds_every_io_tensor_of_an_engine_with_the_map(tmp_path, monkeypatch):
+    """An engine from `edgeas export --with-map` also has `anomaly_map` and `score`;
+    enqueueV3 refuses to run while any I/O tensor has no address, so all are bound and
+    only the level maps travel back."""
+    from edgeas.runtime.tensorrt_backend import TensorRTBackend
+
+    cuda = FakeCuda()
+    monkeypatch.setitem(sys.modules, "tensorrt", StandInTensorRT(cuda, with_map=True))
+    backend = TensorRTBackend(_engine(tmp_path), cuda=cuda)
+    x = np.ones((3, 3, 224, 224), np.float32)
+    del cuda.calls[:]
+    maps = backend.infer(x)
+    assert len(cuda.live_buffers()) == 7
+    assert [m.shape for m in maps] == [(3, 112, 112), (3, 56, 56), (3, 28, 28), (3, 14, 14)]
+    assert cuda.call_names().count("copy_to_host") == 4  # the extra outputs stay on the GPU
+    backend.close()
+    assert cuda.live_buffers() == []
 
 
 def test_tensorrt_backend_pops_the_context_when_tensorrt_fails(tmp_path, monkeypatch):
