@@ -204,22 +204,25 @@ def build_engine(
     parsed = trt_build.parse_onnx(flavour, prepared.source, logger, str(onnx_path))
     profile = trt_build.batch_profile(parsed.network, options.min_batch, options.opt_batch,
                                       options.max_batch, str(onnx_path))
-    calibrator, calibration, cache = _calibration(flavour, options, record, parsed, output,
-                                                  onnx_sha, prepared.precision)
     names = None
     if prepared.precision == "fp16" and not flavour.strongly_typed:
         names = _fp32_layer_names(onnx_path)
-    config, applied = trt_build.make_config(flavour, parsed, options, prepared.precision,
-                                            profile, calibrator, names)
-    if prepared.precision == "fp16" and not flavour.strongly_typed and names is None:
-        applied["fp32_layers"] = "not pinned (the onnx package is missing)"
-    start = time.perf_counter()
+    calibrator, calibration, cache = _calibration(flavour, options, record, parsed, output,
+                                                  onnx_sha, prepared.precision)
+    # From here the calibrator holds the CUDA primary context pushed on this thread (its
+    # device input, until close()): whatever fails next, a config error included, must
+    # pop it, or pycuda's context-stack check aborts the process at exit (exit 134).
     try:
+        config, applied = trt_build.make_config(flavour, parsed, options, prepared.precision,
+                                                profile, calibrator, names)
+        start = time.perf_counter()
         engine = trt_build.build(flavour, parsed, config, str(onnx_path))
+        seconds = time.perf_counter() - start
     finally:
         if calibrator is not None:
             calibrator.close()
-    seconds = time.perf_counter() - start
+    if prepared.precision == "fp16" and not flavour.strongly_typed and names is None:
+        applied["fp32_layers"] = "not pinned (the onnx package is missing)"
     if options.timing_cache is not None:
         trt_build.save_timing_cache(config, Path(options.timing_cache))
     if cache is not None:

@@ -303,6 +303,33 @@ def test_mock_tensorrt10_int8_calibrates_on_normal_images_and_reuses_only_a_matc
     assert third["calibration"]["cache_reused"] is False and changed.batches_seen == 4
 
 
+def test_a_config_error_after_the_calibrator_exists_pops_its_context(models, tmp_path,
+                                                                     monkeypatch):
+    """The calibrator's device input pushes the primary context until close(): a
+    ConfigError from the builder config (here --workspace-gb 0) must still close it, or
+    pycuda aborts at exit (exit 134) instead of the one-line error."""
+    from edgeas.export import trt_calibrator
+
+    cuda = MockPycudaDriver()
+    monkeypatch.setitem(sys.modules, "pycuda", cuda.package)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
+    made = []  # keeps the calibrator alive: only an explicit close() may pop, not the GC
+
+    def keep(*args, **kwargs):
+        made.append(make(*args, **kwargs))
+        return made[-1]
+
+    make = trt_calibrator.make_entropy_calibrator
+    monkeypatch.setattr(trt_calibrator, "make_entropy_calibrator", keep)
+    images = tmp_path / "good"
+    _write_images(images, 32)
+    options = BuildOptions(precision="int8", calib_images=images, workspace_gb=0)
+    with pytest.raises(ConfigError, match="--workspace-gb"):
+        build_engine(models["fp32"], tmp_path / "m.engine", options,
+                     Flavour("tensorrt", MockTensorRT10(), "10.3.0"), GpuInfo("mock", "8.7"))
+    assert len(made) == 1 and cuda.depth == 0 and cuda.freed
+
+
 # --------------------------------------------------------------------------- real GPU
 
 

@@ -252,14 +252,17 @@ class MockPycudaDriver:
     def __init__(self) -> None:
         self.uploads: list[np.ndarray] = []
         self.freed = self.popped = False
+        self.depth = 0  # contexts pushed and not popped: pycuda aborts at exit if > 0
         self.package = SimpleNamespace(driver=self)
         driver = self
 
         class _Context:
             def push(self) -> None:
-                pass
+                driver.depth += 1
 
             def pop(self) -> None:
+                assert driver.depth > 0, "pop of an empty context stack"
+                driver.depth -= 1
                 driver.popped = True
 
         self.Device = lambda index: SimpleNamespace(retain_primary_context=_Context)
