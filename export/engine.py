@@ -223,8 +223,9 @@ def build_engine(
             calibrator.close()
     if prepared.precision == "fp16" and not flavour.strongly_typed and names is None:
         applied["fp32_layers"] = "not pinned (the onnx package is missing)"
-    if options.timing_cache is not None:
-        trt_build.save_timing_cache(config, Path(options.timing_cache))
+    timing = applied.get("timing_cache")
+    if timing and timing.get("note"):
+        console.print(f"note: timing cache {timing['file']}: {timing['note']}")
     if cache is not None:
         calibration["cache_reused"] = cache.reused
     engine_stage = {
@@ -246,6 +247,8 @@ def build_engine(
     }
     sidecar = record.with_stage("engine", engine_stage, precision=prepared.precision).to_json()
     save(output, engine, sidecar)
+    if options.timing_cache is not None:  # the engine first: it is what the build was for
+        trt_build.save_timing_cache(config, Path(options.timing_cache))
     return sidecar
 
 

@@ -314,11 +314,29 @@ def make_config(
             flag("PREFER_PRECISION_CONSTRAINTS")
     _dla(flavour, parsed, config, options, precision, applied, flag)
     if options.timing_cache is not None:
-        path = Path(options.timing_cache)
-        cache = config.create_timing_cache(path.read_bytes() if path.is_file() else b"")
-        config.set_timing_cache(cache, False)
-        applied["timing_cache"] = str(path)
+        applied["timing_cache"] = attach_timing_cache(config, Path(options.timing_cache))
     return config, applied
+
+
+def attach_timing_cache(config, path: Path) -> dict[str, Any]:
+    """Read `path` into the config's timing cache, or start an empty one.
+
+    `set_timing_cache(cache, ignore_mismatch=False)` returns False for a cache made on
+    another device (IBuilderConfig.set_timing_cache in TensorRT's Python API): timings of
+    another GPU would mislead the tactic choice, so the build goes on with an empty cache
+    and the file is rewritten after the build. Returns the sidecar's record.
+    """
+    data = path.read_bytes() if path.is_file() else b""
+    record: dict[str, Any] = {"file": str(path), "reused": False}
+    if data:
+        cache = config.create_timing_cache(data)
+        if cache is not None and config.set_timing_cache(cache, False):
+            return dict(record, reused=True)
+        record["note"] = "made by another GPU or TensorRT version: started empty"
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, False):
+        record["note"] = "TensorRT refused an empty timing cache: built without one"
+    return record
 
 
 def _dla(flavour, parsed, config, options, precision, applied, flag) -> None:
@@ -344,7 +362,13 @@ def _dla(flavour, parsed, config, options, precision, applied, flag) -> None:
         flag("GPU_FALLBACK")
 
 
-def save_timing_cache(config, path: Path) -> None:
+def save_timing_cache(config, path: Path) -> bool:
+    """Write the config's timing cache (after the engine is saved: a failure here must not
+    lose the engine). False when the config holds none."""
     from edgeas.fileio import atomic_write_bytes
 
-    atomic_write_bytes(path, bytes(memoryview(config.get_timing_cache().serialize())))
+    cache = config.get_timing_cache()
+    if cache is None:
+        return False
+    atomic_write_bytes(path, bytes(memoryview(cache.serialize())))
+    return True

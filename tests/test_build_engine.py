@@ -243,6 +243,37 @@ def test_mock_tensorrt10_fp16_uses_flags_pins_fp32_layers_and_writes_the_sidecar
     assert side["calibration"] is None and side["precision"] == "fp16"
 
 
+def test_a_foreign_timing_cache_falls_back_to_an_empty_one_and_the_engine_is_saved_first(
+    models, tmp_path, monkeypatch
+):
+    """set_timing_cache returns False for a cache of another device or TensorRT version:
+    the build goes on with an empty cache (said in the sidecar), and the engine is on
+    disk before the timing cache is serialised."""
+    from edgeas.export import engine as engine_module
+
+    trt = MockTensorRT10()
+    real_save = engine_module.save
+
+    def save(output, data, sidecar):
+        trt.record("save_engine")
+        real_save(output, data, sidecar)
+
+    monkeypatch.setattr(engine_module, "save", save)
+    cache = tmp_path / "t.cache"
+    cache.write_bytes(trt.FOREIGN_TIMING)
+    side = build_engine(models["fp32"], tmp_path / "m.engine", BuildOptions(timing_cache=cache),
+                        Flavour("tensorrt", trt, "10.3.0"), GpuInfo("mock", "8.7"))
+    creates = [c[1][0] for c in trt.calls if c[0] == "create_timing_cache"]
+    assert creates == [trt.FOREIGN_TIMING, b""]
+    assert [c[1][0] for c in trt.calls if c[0] == "set_timing_cache"] == [False, False]
+    assert side["build_options"]["timing_cache"] == {
+        "file": str(cache), "reused": False,
+        "note": "made by another GPU or TensorRT version: started empty"}
+    names = trt.call_names()
+    assert names.index("save_engine") < names.index("serialize_timing_cache")
+    assert cache.read_bytes() == trt.TIMING
+
+
 def test_mock_tensorrt11_fp16_is_strongly_typed_from_a_converted_graph(models, tmp_path):
     trt = MockTensorRT11()
     side = build_engine(models["fp32"], tmp_path / "m.engine", BuildOptions(precision="fp16"),

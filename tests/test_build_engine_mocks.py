@@ -133,11 +133,15 @@ class _MockConfig:
 
     def create_timing_cache(self, data: bytes):
         self.trt.record("create_timing_cache", bytes(data))
-        return SimpleNamespace(serialize=lambda: self.trt.TIMING)
+        return SimpleNamespace(serialize=lambda: self.trt.TIMING, data=bytes(data))
 
-    def set_timing_cache(self, cache, ignore_mismatch) -> None:
+    def set_timing_cache(self, cache, ignore_mismatch) -> bool:
+        """False, as TensorRT's, for a cache made on another device (FOREIGN_TIMING)."""
         self.trt.record("set_timing_cache", ignore_mismatch)
+        if cache.data == self.trt.FOREIGN_TIMING and not ignore_mismatch:
+            return False
         self._cache = cache
+        return True
 
     def get_timing_cache(self):
         self.trt.record("serialize_timing_cache")
@@ -179,6 +183,7 @@ class MockTensorRT10:
 
     ENGINE = b"mock engine bytes"
     TIMING = b"mock timing cache"
+    FOREIGN_TIMING = b"timing cache of another GPU"
     FLAGS = ("FP16", "INT8", "PREFER_PRECISION_CONSTRAINTS", "GPU_FALLBACK")
 
     def __init__(self, version: str = "10.3.0") -> None:
