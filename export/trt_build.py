@@ -278,7 +278,7 @@ def make_config(
         raise ConfigError(f"--workspace-gb must be > 0, got {options.workspace_gb}")
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gb * 2**30))
     applied: dict[str, Any] = {"workspace_gb": options.workspace_gb, "flags": [],
-                               "strongly_typed": flavour.strongly_typed}
+                               "cleared_flags": [], "strongly_typed": flavour.strongly_typed}
     if options.optimization_level is not None:
         if not 0 <= options.optimization_level <= 5:
             raise ConfigError(
@@ -296,6 +296,12 @@ def make_config(
         config.set_flag(getattr(trt.BuilderFlag, name))
         applied["flags"].append(name)
 
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        # TF32 is on by default (BuilderFlag.TF32, "Enabled by default" in TensorRT's API
+        # docs): FP32 tensors may then multiply with 10-bit mantissas on Ampere and newer.
+        # ONNX Runtime's FP32 is the accuracy reference, so an FP32 engine is FP32.
+        config.clear_flag(trt.BuilderFlag.TF32)
+        applied["cleared_flags"].append("TF32")
     if not flavour.strongly_typed:
         if precision in ("fp16", "int8"):
             flag("FP16")  # INT8 too: layers without INT8 fall back to FP16, not FP32

@@ -99,6 +99,7 @@ def test_rtx_builds_the_fp32_onnx_from_the_cli_with_torch_blocked(models, tmp_pa
     assert [o["name"] for o in side["outputs"]] == [f"dist_res{i}" for i in range(1, 5)]
     assert side["build_options"]["batch"] == {"min": 1, "opt": 2, "max": 4}
     assert side["build_options"]["strongly_typed"] is True
+    assert side["build_options"]["cleared_flags"] == ["TF32"]  # on the real builder config
     if side["gpu"] is None:
         assert side["gpu_reason"]
     assert (tmp_path / "timing.cache").stat().st_size > 0
@@ -272,6 +273,19 @@ def test_a_foreign_timing_cache_falls_back_to_an_empty_one_and_the_engine_is_sav
     names = trt.call_names()
     assert names.index("save_engine") < names.index("serialize_timing_cache")
     assert cache.read_bytes() == trt.TIMING
+
+
+@pytest.mark.parametrize(("trt", "precision", "cleared"), [
+    (MockTensorRT10(), "fp32", ["TF32"]), (MockTensorRT10(), "fp16", []),
+    (MockTensorRT11(), "fp32", ["TF32"]),
+])
+def test_fp32_engines_clear_tf32(models, tmp_path, trt, precision, cleared):
+    """TensorRT allows TF32 for FP32 tensors by default (Ampere and newer): an FP32
+    engine clears it, so that FP32 means FP32 against ONNX Runtime's reference."""
+    side = build_engine(models["fp32"], tmp_path / "m.engine", BuildOptions(precision=precision),
+                        Flavour("tensorrt", trt, trt.__version__), GpuInfo("mock", "8.7"))
+    assert [c[1][0] for c in trt.calls if c[0] == "clear_flag"] == cleared
+    assert side["build_options"]["cleared_flags"] == cleared
 
 
 def test_mock_tensorrt11_fp16_is_strongly_typed_from_a_converted_graph(models, tmp_path):

@@ -125,6 +125,10 @@ class _MockConfig:
         assert flag in vars(self.trt.BuilderFlag).values(), f"no flag {flag} in this TensorRT"
         self.trt.record("set_flag", flag)
 
+    def clear_flag(self, flag) -> None:
+        assert flag in vars(self.trt.BuilderFlag).values(), f"no flag {flag} in this TensorRT"
+        self.trt.record("clear_flag", flag)
+
     def add_optimization_profile(self, profile) -> None:
         self.trt.record("add_optimization_profile", profile.shapes)
 
@@ -184,7 +188,7 @@ class MockTensorRT10:
     ENGINE = b"mock engine bytes"
     TIMING = b"mock timing cache"
     FOREIGN_TIMING = b"timing cache of another GPU"
-    FLAGS = ("FP16", "INT8", "PREFER_PRECISION_CONSTRAINTS", "GPU_FALLBACK")
+    FLAGS = ("FP16", "INT8", "PREFER_PRECISION_CONSTRAINTS", "GPU_FALLBACK", "TF32")
 
     def __init__(self, version: str = "10.3.0") -> None:
         self.__version__ = version
@@ -233,7 +237,7 @@ class MockTensorRT10:
 class MockTensorRT11(MockTensorRT10):
     """A mock of `tensorrt` 11.x: strongly typed networks only, no FP16/INT8 flags."""
 
-    FLAGS = ("GPU_FALLBACK",)
+    FLAGS = ("GPU_FALLBACK", "TF32")  # TF32 stays in 11.x (not in the removed-API list)
 
     def __init__(self, version: str = "11.4.0") -> None:
         super().__init__(version)
