@@ -207,6 +207,8 @@ def build_engine(
     names = None
     if prepared.precision == "fp16" and not flavour.strongly_typed:
         names = _fp32_layer_names(onnx_path)
+    # before the calibrator and the config: what the DLA cannot build is a one-line error
+    trt_build.check_dla(flavour, parsed, options, prepared.precision, profile, names)
     calibrator, calibration, cache = _calibration(flavour, options, record, parsed, output,
                                                   onnx_sha, prepared.precision)
     # From here the calibrator holds the CUDA primary context pushed on this thread (its

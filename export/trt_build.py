@@ -318,7 +318,8 @@ def make_config(
         if precision == "fp16" and fp32_names:
             applied["fp32_layers"] = pin_fp32_layers(trt, parsed.network, fp32_names)
             flag("PREFER_PRECISION_CONSTRAINTS")
-    _dla(flavour, parsed, config, options, precision, applied, flag)
+    check_dla(flavour, parsed, options, precision, profile, fp32_names)
+    _dla(flavour, config, options, applied, flag)
     if options.timing_cache is not None:
         applied["timing_cache"] = attach_timing_cache(config, Path(options.timing_cache))
     return config, applied
@@ -345,12 +346,18 @@ def attach_timing_cache(config, path: Path) -> dict[str, Any]:
     return record
 
 
-def _dla(flavour, parsed, config, options, precision, applied, flag) -> None:
+def check_dla(flavour: Flavour, parsed: Parsed, options: BuildOptions, precision: str,
+              profile, fp32_names: set[str] | None) -> None:
+    """Refuse, before any config, calibrator or build, what the DLA cannot build.
+
+    The DLA runs FP16 and INT8 layers of static shape only (TensorRT's "DLA Supported
+    Layers and Restrictions": the profile's min, opt and max must be equal). Without
+    --gpu-fallback the builder would fail late with a long log instead.
+    """
     if options.dla_core is None:
         if options.gpu_fallback:
             raise ConfigError("--gpu-fallback goes with --dla-core")
         return
-    trt = flavour.trt
     if flavour.strongly_typed:
         raise ConfigError(
             f"--dla-core needs TensorRT 10 (JetPack 6) with builder flags; {flavour.label} "
@@ -361,7 +368,30 @@ def _dla(flavour, parsed, config, options, precision, applied, flag) -> None:
     cores = int(parsed.builder.num_DLA_cores)
     if not 0 <= options.dla_core < cores:
         raise ConfigError(f"--dla-core {options.dla_core}: this device has {cores} DLA cores")
-    config.default_device_type = trt.DeviceType.DLA
+    if options.gpu_fallback:
+        return
+    core = f"--dla-core {options.dla_core}"
+    if profile is not None and profile[0] != profile[2]:
+        lo, hi = profile[0][0], profile[2][0]
+        raise ConfigError(
+            f"{core}: the DLA builds static shapes only, and this is a dynamic batch "
+            f"{lo}..{hi}",
+            hint=f"pin the batch (--min-batch {hi} --opt-batch {hi} --max-batch {hi}) or "
+            "add --gpu-fallback",
+        )
+    if precision == "fp16" and fp32_names:
+        raise ConfigError(
+            f"{core}: {len(fp32_names)} layers are kept in FP32 for accuracy, and the DLA "
+            "runs FP16/INT8 only",
+            hint="add --gpu-fallback to run those layers on the GPU",
+        )
+
+
+def _dla(flavour, config, options, applied, flag) -> None:
+    """Apply the DLA settings `check_dla` accepted."""
+    if options.dla_core is None:
+        return
+    config.default_device_type = flavour.trt.DeviceType.DLA
     config.DLA_core = options.dla_core
     applied["dla_core"] = options.dla_core
     if options.gpu_fallback:

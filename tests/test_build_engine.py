@@ -288,6 +288,30 @@ def test_fp32_engines_clear_tf32(models, tmp_path, trt, precision, cleared):
     assert side["build_options"]["cleared_flags"] == cleared
 
 
+def test_dla_refuses_up_front_what_it_cannot_build_without_gpu_fallback(models, tmp_path):
+    """The DLA runs FP16/INT8 layers of static shape only (TensorRT's 'DLA Supported
+    Layers and Restrictions': the profile's min, opt and max must be equal): FP32-pinned
+    layers or a dynamic batch need --gpu-fallback; refused before anything is built."""
+    gpu = GpuInfo("Orin (mock)", "8.7")
+    static = dict(min_batch=2, opt_batch=2, max_batch=2)
+    cases = [
+        (BuildOptions(precision="fp16", dla_core=0, **static), "kept in FP32"),
+        (BuildOptions(precision="int8", dla_core=0, calib_images=tmp_path), "dynamic batch 1..8"),
+    ]
+    for options, message in cases:
+        trt = MockTensorRT10()
+        with pytest.raises(ConfigError, match=message) as info:
+            build_engine(models["fp32"], tmp_path / "m.engine", options,
+                         Flavour("tensorrt", trt, "10.3.0"), gpu)
+        assert "\n" not in info.value.message and "--gpu-fallback" in info.value.hint
+        assert "create_builder_config" not in trt.call_names()  # nothing configured
+    ok = MockTensorRT10()
+    build_engine(models["fp32"], tmp_path / "m.engine",
+                 BuildOptions(precision="fp16", dla_core=0, gpu_fallback=True),
+                 Flavour("tensorrt", ok, "10.3.0"), gpu)
+    assert ok.config.default_device_type == "DLA"
+
+
 def test_mock_tensorrt11_fp16_is_strongly_typed_from_a_converted_graph(models, tmp_path):
     trt = MockTensorRT11()
     side = build_engine(models["fp32"], tmp_path / "m.engine", BuildOptions(precision="fp16"),
