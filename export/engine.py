@@ -20,8 +20,9 @@ from rich.console import Console
 
 from edgeas.artifacts import read_onnx_record, sha256_file, sidecar_path
 from edgeas.errors import ConfigError, DependencyError, require
-from edgeas.export import trt_build
-from edgeas.export.trt_build import BuildOptions, Flavour, GpuInfo
+from edgeas.export import trt_build, trt_config
+from edgeas.export.trt_build import Flavour, GpuInfo
+from edgeas.export.trt_config import BuildOptions
 from edgeas.fileio import atomic_write_bytes, atomic_write_text
 from edgeas.record import ModelRecord
 
@@ -208,14 +209,14 @@ def build_engine(
     if prepared.precision == "fp16" and not flavour.strongly_typed:
         names = _fp32_layer_names(onnx_path)
     # before the calibrator and the config: what the DLA cannot build is a one-line error
-    trt_build.check_dla(flavour, parsed, options, prepared.precision, profile, names)
+    trt_config.check_dla(flavour, parsed, options, prepared.precision, profile, names)
     calibrator, calibration, cache = _calibration(flavour, options, record, parsed, output,
                                                   onnx_sha, prepared.precision)
     # From here the calibrator holds the CUDA primary context pushed on this thread (its
     # device input, until close()): whatever fails next, a config error included, must
     # pop it, or pycuda's context-stack check aborts the process at exit (exit 134).
     try:
-        config, applied = trt_build.make_config(flavour, parsed, options, prepared.precision,
+        config, applied = trt_config.make_config(flavour, parsed, options, prepared.precision,
                                                 profile, calibrator, names)
         start = time.perf_counter()
         engine = trt_build.build(flavour, parsed, config, str(onnx_path))
@@ -250,7 +251,7 @@ def build_engine(
     sidecar = record.with_stage("engine", engine_stage, precision=prepared.precision).to_json()
     save(output, engine, sidecar)
     if options.timing_cache is not None:  # the engine first: it is what the build was for
-        trt_build.save_timing_cache(config, Path(options.timing_cache))
+        trt_config.save_timing_cache(config, Path(options.timing_cache))
     return sidecar
 
 
