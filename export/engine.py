@@ -217,7 +217,7 @@ def build_engine(
     # pop it, or pycuda's context-stack check aborts the process at exit (exit 134).
     try:
         config, applied = trt_config.make_config(flavour, parsed, options, prepared.precision,
-                                                profile, calibrator, names)
+                                                 profile, calibrator, names, gpu)
         start = time.perf_counter()
         engine = trt_build.build(flavour, parsed, config, str(onnx_path))
         seconds = time.perf_counter() - start
@@ -226,6 +226,9 @@ def build_engine(
             calibrator.close()
     if prepared.precision == "fp16" and not flavour.strongly_typed and names is None:
         applied["fp32_layers"] = "not pinned (the onnx package is missing)"
+    if options.compute_capability is None and applied.get("compute_capabilities"):
+        console.print(f"note: built for compute capability {gpu.compute_capability} only (this "
+                      "GPU; TensorRT-RTX's portable default does not cover it)")
     timing = applied.get("timing_cache")
     if timing and timing.get("note"):
         console.print(f"note: timing cache {timing['file']}: {timing['note']}")

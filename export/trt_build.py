@@ -155,8 +155,10 @@ def parse_onnx(flavour: Flavour, source: Path | bytes, logger, label: str) -> Pa
     creation = trt.NetworkDefinitionCreationFlag
     if flavour.strongly_typed and hasattr(creation, "STRONGLY_TYPED"):
         flags |= 1 << int(creation.STRONGLY_TYPED)
-    if flavour.major < 10 and hasattr(creation, "EXPLICIT_BATCH"):
-        flags |= 1 << int(creation.EXPLICIT_BATCH)  # the default from TensorRT 10 on
+    # TensorRT 8.x needs EXPLICIT_BATCH (the default from 10 on). TensorRT-RTX versions are
+    # 1.x, so `major < 10` held for it too, but there the flag is deprecated and ignored.
+    if flavour.name == "tensorrt" and flavour.major < 10 and hasattr(creation, "EXPLICIT_BATCH"):
+        flags |= 1 << int(creation.EXPLICIT_BATCH)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     ok = parser.parse_from_file(str(source)) if isinstance(source, Path) else parser.parse(source)

@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from edgeas.errors import ConfigError
-from edgeas.export.trt_build import Flavour, Parsed
+from edgeas.export.trt_build import Flavour, GpuInfo, Parsed
+
+# TensorRT-RTX engines run on these by default when no compute capability is set at build
+# time (TensorRT-RTX support matrix: "portable across devices with compute capabilities
+# 8.6, 8.9, and 12.0"; its CPU-only AOT page adds 8.0 "and later"); Turing (7.5) is not
+# covered and must be named at build time (TensorRT-RTX samples/apiUsage).
+RTX_DEFAULT_MIN_CC = (8, 0)
 
 
 def pin_fp32_layers(trt, network, names: set[str]) -> int:
@@ -46,6 +52,53 @@ class BuildOptions:
     calib_cache: Path | None = None
     calib_num: int = 256
     calib_batch: int = 8
+    compute_capability: str | None = None  # TensorRT-RTX: "7.5" or "8.6,8.9"; None: default
+
+
+def cc_tuple(cc: str) -> tuple[int, int]:
+    major, _, minor = str(cc).partition(".")
+    return int(major), int(minor or 0)
+
+
+def rtx_targets(flavour: Flavour, options: BuildOptions, gpu: GpuInfo | None) -> list[str] | None:
+    """The compute capabilities a TensorRT-RTX engine is built for: --compute-capability,
+    else this GPU's when the portable default does not cover it (Turing), else None (the
+    default set)."""
+    wanted = options.compute_capability
+    if flavour.name != "tensorrt_rtx":
+        if wanted is not None:
+            raise ConfigError(
+                f"--compute-capability {wanted}: TensorRT-RTX only; {flavour.label} builds for "
+                "the GPU it runs on",
+                hint="drop --compute-capability, or build with --tensorrt tensorrt_rtx",
+            )
+        return None
+    if wanted is None:
+        cc = gpu.compute_capability if gpu is not None else None
+        return [cc] if cc and cc_tuple(cc) < RTX_DEFAULT_MIN_CC else None
+    targets = [v.strip() for v in wanted.split(",") if v.strip()]
+    for value in targets:
+        major, dot, minor = value.partition(".")
+        if not (dot and major.isdigit() and minor.isdigit()):
+            raise ConfigError(f"--compute-capability {wanted}: expected MAJOR.MINOR values "
+                              "such as 7.5 or 8.6,8.9")
+    return targets or None
+
+
+def set_rtx_targets(trt, config, targets: list[str]) -> None:
+    """IBuilderConfig.num_compute_capabilities, then set_compute_capability(kSMxy, i) per
+    target, as NVIDIA's TensorRT-RTX api_usage sample does."""
+    enum = trt.ComputeCapability
+    members = [getattr(enum, f"SM{t.replace('.', '')}", None) for t in targets]
+    missing = [t for t, m in zip(targets, members) if m is None]
+    if missing:
+        known = [m for m in (getattr(enum, "__members__", None) or vars(enum)) if m[:2] == "SM"]
+        names = ", ".join(f"{m[2:-1]}.{m[-1]}" for m in known) or "none"
+        raise ConfigError(f"TensorRT-RTX has no compute capability {missing[0]} "
+                          f"(it knows {names})", hint="pass one of those to --compute-capability")
+    config.num_compute_capabilities = len(members)
+    for index, member in enumerate(members):
+        config.set_compute_capability(member, index)
 
 
 def make_config(
@@ -56,6 +109,7 @@ def make_config(
     profile,
     calibrator=None,
     fp32_names: set[str] | None = None,
+    gpu: GpuInfo | None = None,
 ):
     """The builder config; returns (config, what was applied) for the sidecar."""
     trt = flavour.trt
@@ -106,6 +160,12 @@ def make_config(
             flag("PREFER_PRECISION_CONSTRAINTS")
     check_dla(flavour, parsed, options, precision, profile, fp32_names)
     _dla(flavour, config, options, applied, flag)
+    targets = rtx_targets(flavour, options, gpu)
+    if flavour.name == "tensorrt_rtx":
+        # None: TensorRT-RTX's portable default; the runtime reads this to accept a GPU
+        applied["compute_capabilities"] = targets
+        if targets:
+            set_rtx_targets(trt, config, targets)
     if options.timing_cache is not None:
         applied["timing_cache"] = attach_timing_cache(config, Path(options.timing_cache))
     return config, applied

@@ -13,6 +13,7 @@ imported inside `TensorRTBackend.__init__`, pycuda by `edgeas.cuda.open_cuda`),
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -23,12 +24,49 @@ import numpy as np
 from edgeas.artifacts import read_engine_record
 from edgeas.cuda import CudaApi, DeviceBuffer, open_cuda
 from edgeas.errors import ArtifactError, ConfigError, DependencyError, StreamError
+from edgeas.fileio import atomic_write_bytes
 from edgeas.runtime.backends import Backend
+
+log = logging.getLogger("edgeas.stream")
 
 TRT_HINT = (
     "install the TensorRT the engine was built with (JetPack's on Jetson, in a venv made "
     "with --system-site-packages), or stream the .onnx model with ONNX Runtime"
 )
+
+
+# TensorRT-RTX engines built without a compute capability run on 8.0 and newer (its
+# support matrix and CPU-only AOT page); Turing (7.5) needs one named at build time.
+RTX_DEFAULT_MIN_CC = (8, 0)
+
+
+def runtime_cache_path(engine: Path) -> Path:
+    """Where a TensorRT-RTX engine's runtime (JIT) cache is kept: beside the engine."""
+    return engine.with_name(engine.name + ".runtime-cache")
+
+
+def _cc(value: str) -> tuple[int, int]:
+    major, _, minor = str(value).partition(".")
+    return int(major), int(minor or 0)
+
+
+def _check_rtx_reach(sidecar: Mapping[str, Any], path: str, cc: str | None) -> None:
+    """TensorRT-RTX engines are not tied to a GPU model but to compute capabilities: the
+    ones named at build time (`build_options.compute_capabilities`), else its portable
+    default. Compute capabilities past the default's documented list are left to
+    TensorRT-RTX itself (its deserialisation refuses what it cannot run)."""
+    if not cc:
+        return
+    targets = [str(t) for t in (sidecar.get("build_options") or {}).get(
+        "compute_capabilities") or []]
+    hint = (f"rebuild it for this GPU: edgeas build-engine --onnx MODEL.onnx -o MODEL.engine "
+            f"--tensorrt tensorrt_rtx --compute-capability {cc}")
+    if targets and str(cc) not in targets:
+        raise ArtifactError(f"{path} was built for compute capability {', '.join(targets)}; "
+                            f"this GPU has {cc}", hint=hint)
+    if not targets and _cc(cc) < RTX_DEFAULT_MIN_CC:
+        raise ArtifactError(f"{path}: TensorRT-RTX's portable default (8.0 and newer) does not "
+                            f"cover this GPU's compute capability {cc}", hint=hint)
 
 
 def check_engine_compat(
@@ -37,8 +75,8 @@ def check_engine_compat(
     """Refuse an engine built by another TensorRT version or for another GPU model.
 
     `trt_version`, `gpu`, `cc`: this machine's TensorRT version, GPU name and compute
-    capability. A sidecar without a GPU name (TensorRT-RTX builds on a CPU) is checked
-    by compute capability when it records one.
+    capability. A sidecar without a GPU name is checked by compute capability when it
+    records one; a TensorRT-RTX engine by the compute capabilities it was built for.
     """
     built = str(sidecar.get("tensorrt_version") or "")
     if not built:
@@ -51,6 +89,9 @@ def check_engine_compat(
             hint="engines only run on the TensorRT version that built them: rebuild it here "
             "with `edgeas build-engine --onnx MODEL.onnx -o MODEL.engine`",
         )
+    if sidecar.get("tensorrt_flavour") == "tensorrt_rtx":
+        _check_rtx_reach(sidecar, path, cc)
+        return
     want_gpu, want_cc = sidecar.get("gpu"), sidecar.get("compute_capability")
     if want_gpu and gpu and want_gpu != gpu:
         raise ArtifactError(
@@ -85,7 +126,8 @@ class TensorRTBackend(Backend):
         self.record = read_engine_record(self.path)
         self.output_names = list(self.record.model.outputs)
         built = self.record.engine or {}  # the engine stage: what the build recorded
-        self.trt = _import_tensorrt(str(built.get("tensorrt_flavour") or "tensorrt"))
+        self.flavour = str(built.get("tensorrt_flavour") or "tensorrt")
+        self.trt = _import_tensorrt(self.flavour)
         # the version first: a foreign engine is named as such even where CUDA is missing
         check_engine_compat(built, str(self.path), str(self.trt.__version__), None, None)
         self.cuda = cuda if cuda is not None else open_cuda()
@@ -96,8 +138,10 @@ class TensorRTBackend(Backend):
                             gpu, cc)
         self.device = f"cuda:0 ({gpu})"
         self.precision = self.record.precision
-        self.name = f"TensorRT {self.trt.__version__}"
+        label = "TensorRT-RTX" if self.flavour == "tensorrt_rtx" else "TensorRT"
+        self.name = f"{label} {self.trt.__version__}"
         self._aggregator = None
+        self._runtime_cache = self._runtime_config = None
         with self.active():
             self._load()
 
@@ -113,7 +157,10 @@ class TensorRTBackend(Backend):
         if self.engine is None:
             raise ArtifactError(f"{self.path}: TensorRT could not deserialize the engine",
                                 hint="rebuild it on this machine with `edgeas build-engine`")
-        self.context = self.engine.create_execution_context()
+        if self.flavour == "tensorrt_rtx" and hasattr(self.engine, "create_runtime_config"):
+            self.context = self.engine.create_execution_context(self._with_runtime_cache())
+        else:
+            self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         if len(inputs) != 1:
@@ -157,6 +204,40 @@ class TensorRTBackend(Backend):
             self.dev[name] = cuda.alloc(nbytes)
             self.context.set_tensor_address(name, self.dev[name].ptr)
 
+    def _with_runtime_cache(self):
+        """A runtime config holding the runtime (JIT) cache read from beside the engine.
+
+        TensorRT-RTX compiles its kernels for this GPU when the execution context is made
+        and for each new shape; the cache keeps them across starts (IRuntimeConfig
+        create_runtime_cache / set_runtime_cache, IRuntimeCache deserialize / serialize,
+        as NVIDIA's TensorRT-RTX api_usage sample uses them). Its deserialize returns
+        False for a cache of another GPU, driver or version: then it starts empty.
+        """
+        config = self.engine.create_runtime_config()
+        cache = config.create_runtime_cache()
+        path = runtime_cache_path(self.path)
+        if path.is_file() and not cache.deserialize(path.read_bytes()):
+            log.warning("the runtime cache %s was made for another GPU, driver or "
+                        "TensorRT-RTX version: "
+                        "TensorRT-RTX compiles again (and replaces it on close)", path)
+        if not config.set_runtime_cache(cache):
+            log.warning("TensorRT-RTX refused its runtime cache: kernels are compiled at "
+                        "every start")
+            return config
+        self._runtime_config, self._runtime_cache = config, cache
+        return config
+
+    def _save_runtime_cache(self) -> None:
+        if self._runtime_cache is None:
+            return
+        path = runtime_cache_path(self.path)
+        try:
+            blob = self._runtime_cache.serialize()
+            if blob is not None:
+                atomic_write_bytes(path, bytes(memoryview(blob)))
+        except OSError as exc:  # a read-only engine folder: next start compiles again
+            log.warning("cannot write the runtime cache %s (%s)", path, exc)
+
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         batch = self.check_batch(batch)
         if self.batch is not None:
@@ -196,6 +277,8 @@ class TensorRTBackend(Backend):
 
     def close(self) -> None:
         with self.active():
+            self._save_runtime_cache()  # inside the context: the cache needs a current one
+            self._runtime_cache = self._runtime_config = None
             for mem in self.dev.values():
                 mem.free()
             self.dev.clear()

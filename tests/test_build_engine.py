@@ -20,6 +20,7 @@ from test_build_engine_mocks import (  # noqa: E402
     MockPycudaDriver,
     MockTensorRT10,
     MockTensorRT11,
+    MockTensorRTRTX,
 )
 
 from edgeas.artifacts import sha256_file, sidecar_path  # noqa: E402
@@ -110,8 +111,12 @@ def test_rtx_builds_the_fp32_onnx_from_the_cli_with_torch_blocked(models, tmp_pa
 def test_rtx_builds_the_typed_fp16_onnx(models, tmp_path):
     flavour = _rtx()
     engine = tmp_path / "model.fp16.engine"
-    side = build_engine(models["fp16"], engine, BuildOptions(optimization_level=0), flavour)
+    # targets named on the real builder config. Not 7.5: TensorRT-RTX 1.7 refuses this
+    # graph for Turing ("FP32 GEMM is not supported"; the typed graph keeps q.k^T in FP32)
+    side = build_engine(models["fp16"], engine,
+                        BuildOptions(optimization_level=0, compute_capability="8.6,8.9"), flavour)
     _check_sidecar(engine, models["fp16"], "fp16")
+    assert side["build_options"]["compute_capabilities"] == ["8.6", "8.9"]
     assert side["onnx_conversion"] is None and side["build_options"]["flags"] == []
     assert side["build_options"]["batch"] == {"min": 1, "opt": 1, "max": 8}
 
@@ -310,6 +315,44 @@ def test_dla_refuses_up_front_what_it_cannot_build_without_gpu_fallback(models, 
                  BuildOptions(precision="fp16", dla_core=0, gpu_fallback=True),
                  Flavour("tensorrt", ok, "10.3.0"), gpu)
     assert ok.config.default_device_type == "DLA"
+
+
+@pytest.mark.parametrize(("wanted", "gpu", "targets"), [
+    (None, GpuInfo("NVIDIA GeForce RTX 2080 (mock)", "7.5"), ["7.5"]),  # Turing: from the GPU
+    (None, GpuInfo("NVIDIA GeForce RTX 4090 (mock)", "8.9"), None),  # the portable default
+    (None, GpuInfo(None, None, "no CUDA driver"), None),
+    ("8.6,8.9", GpuInfo(None, None, "no CUDA driver"), ["8.6", "8.9"]),
+])
+def test_tensorrt_rtx_compute_capabilities_and_no_explicit_batch(models, tmp_path, wanted, gpu,
+                                                                   targets):
+    """TensorRT-RTX engines run by default on 8.6/8.9/12.0 but Turing (7.5) must be named
+    at build time (NVIDIA's TensorRT-RTX api_usage sample); EXPLICIT_BATCH is deprecated
+    and ignored there (its 1.x version passed `major < 10`): never set."""
+    trt = MockTensorRTRTX()
+    side = build_engine(models["fp32"], tmp_path / "m.engine",
+                        BuildOptions(compute_capability=wanted),
+                        Flavour("tensorrt_rtx", trt, "1.0.0"), gpu)
+    typed = 1 << trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED
+    assert trt.calls[0] == ("create_network", (typed,))
+    set_cc = [c[1] for c in trt.calls if c[0] == "set_compute_capability"]
+    expected = [(f"SM{t.replace('.', '')}", i) for i, t in enumerate(targets or [])]
+    assert set_cc == expected
+    assert trt.config.num_compute_capabilities == len(targets or [])
+    assert side["build_options"]["compute_capabilities"] == targets
+
+
+def test_compute_capability_errors(models, tmp_path):
+    gpu = GpuInfo("mock", "8.7")
+    cases = [
+        (Flavour("tensorrt_rtx", MockTensorRTRTX(), "1.0.0"), "9.9", "no compute capability 9.9"),
+        (Flavour("tensorrt_rtx", MockTensorRTRTX(), "1.0.0"), "sm75", "--compute-capability sm75"),
+        (Flavour("tensorrt", MockTensorRT10(), "10.3.0"), "8.7", "TensorRT-RTX only"),
+    ]
+    for flavour, value, message in cases:
+        with pytest.raises(ConfigError, match=message) as info:
+            build_engine(models["fp32"], tmp_path / "m.engine",
+                         BuildOptions(compute_capability=value), flavour, gpu)
+        assert "\n" not in info.value.message
 
 
 def test_mock_tensorrt11_fp16_is_strongly_typed_from_a_converted_graph(models, tmp_path):

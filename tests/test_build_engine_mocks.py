@@ -117,6 +117,12 @@ class _MockConfig:
         self.default_device_type = "GPU"
         self.DLA_core = -1
         self.builder_optimization_level = 3
+        self.num_compute_capabilities = 0
+
+    def set_compute_capability(self, cc, index: int) -> bool:
+        assert 0 <= index < self.num_compute_capabilities, "set num_compute_capabilities first"
+        self.trt.record("set_compute_capability", cc, index)
+        return True
 
     def set_memory_pool_limit(self, pool, size) -> None:
         self.trt.record("set_memory_pool_limit", pool, size)
@@ -241,6 +247,19 @@ class MockTensorRT11(MockTensorRT10):
 
     def __init__(self, version: str = "11.4.0") -> None:
         super().__init__(version)
+
+
+class MockTensorRTRTX(MockTensorRT11):
+    """A mock of `tensorrt_rtx` 1.x: strongly typed, compute capabilities chosen at build
+    time (IBuilderConfig.set_compute_capability), and, as in its early releases, a
+    deprecated EXPLICIT_BATCH creation flag that must not be set."""
+
+    def __init__(self, version: str = "1.0.0") -> None:
+        super().__init__(version)
+        self.NetworkDefinitionCreationFlag = _Members(EXPLICIT_BATCH=0, STRONGLY_TYPED=1)
+        self.ComputeCapability = _Members(NONE="NONE", CURRENT="CURRENT", SM75="SM75",
+                                          SM80="SM80", SM86="SM86", SM89="SM89",
+                                          SM120="SM120")
 
 
 class _MockDeviceMemory:
