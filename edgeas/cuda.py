@@ -38,6 +38,9 @@ class Stream(Protocol):
 
     def synchronize(self) -> None: ...
 
+    def close(self) -> None:
+        """Destroy the stream now (in its context); a second call does nothing."""
+
 
 class DeviceBuffer(Protocol):
     """Device memory of `nbytes`; copies move `host.nbytes` from or to its start."""
@@ -61,6 +64,9 @@ class Kernel(Protocol):
     def launch(self, grid: tuple[int, ...], block: tuple[int, ...], args: Sequence[Any],
                stream: Stream | None = None) -> None: ...
 
+    def unload(self) -> None:
+        """Unload its module now (in its context); a second call does nothing."""
+
 
 class Context(Protocol):
     """A retained primary context: `active()` pushes it and pops it exactly once."""
@@ -81,11 +87,17 @@ class CudaApi(Protocol):
 
     def primary_context(self) -> Context: ...
 
-    def stream(self) -> Stream: ...
+    def stream(self, non_blocking: bool = True) -> Stream:
+        """A new stream; non-blocking (CU_STREAM_NON_BLOCKING) unless asked otherwise, so
+        that it never waits for work on the legacy default stream."""
 
     def alloc(self, nbytes: int) -> DeviceBuffer: ...
 
-    def pinned_empty(self, shape: Sequence[int], dtype: Any) -> np.ndarray: ...
+    def pinned_empty(self, shape: Sequence[int], dtype: Any) -> np.ndarray:
+        """A page-locked host array: what asynchronous copies need to be asynchronous."""
+
+    def free_pinned(self, array: np.ndarray) -> None:
+        """Release a `pinned_empty` array now; it must not be used afterwards."""
 
     def load_kernel(self, source: str, name: str, *, include_dirs: Sequence[str] = (),
                     options: Sequence[str] = (), label: str = "the kernel") -> Kernel: ...
@@ -125,21 +137,36 @@ class _PycudaContext:
             self._context.detach()
 
 
+# CU_STREAM_NON_BLOCKING of the driver API's CUstream_flags; pycuda's Stream(flags=0)
+# passes its flags to cuStreamCreate unchanged and names no constant for it.
+CU_STREAM_NON_BLOCKING = 1
+
+
 class _PycudaStream:
     def __init__(self, stream: Any) -> None:
         self.raw = stream
 
+    def _live(self) -> Any:
+        if self.raw is None:
+            raise RuntimeError("this stream was closed")
+        return self.raw
+
     @property
     def handle(self) -> int:
-        return int(self.raw.handle)
+        return int(self._live().handle)
 
     def synchronize(self) -> None:
-        self.raw.synchronize()
+        self._live().synchronize()
+
+    def close(self) -> None:
+        # pycuda has no explicit destroy: the last reference going runs cuStreamDestroy,
+        # here, while the caller's context is current, not later from the GC
+        self.raw = None
 
 
 def _raw_stream(stream: Stream | None) -> Any:
     if stream is None or isinstance(stream, _PycudaStream):
-        return None if stream is None else stream.raw
+        return None if stream is None else stream._live()
     # another implementation's stream would silently run on the default stream
     raise TypeError(f"not a stream of PycudaApi: {stream!r}")
 
@@ -191,8 +218,14 @@ class _PycudaKernel:
 
     def launch(self, grid: tuple[int, ...], block: tuple[int, ...], args: Sequence[Any],
                stream: Stream | None = None) -> None:
+        if self._function is None:
+            raise RuntimeError("this kernel's module was unloaded")
         raw = [a._live() if isinstance(a, _PycudaBuffer) else a for a in args]
         self._function(*raw, grid=tuple(grid), block=tuple(block), stream=_raw_stream(stream))
+
+    def unload(self) -> None:
+        # as for streams: dropping the last references runs cuModuleUnload now
+        self._function = self._module = None
 
 
 class PycudaApi:
@@ -223,14 +256,26 @@ class PycudaApi:
             raise DependencyError(f"no usable CUDA device ({_first_line(exc)})",
                                   hint=HINT) from exc
 
-    def stream(self) -> _PycudaStream:
-        return _PycudaStream(self._driver.Stream())
+    def stream(self, non_blocking: bool = True) -> _PycudaStream:
+        return _PycudaStream(self._driver.Stream(CU_STREAM_NON_BLOCKING if non_blocking else 0))
 
     def alloc(self, nbytes: int) -> _PycudaBuffer:
         return _PycudaBuffer(self._driver, nbytes)
 
     def pinned_empty(self, shape: Sequence[int], dtype: Any) -> np.ndarray:
         return self._driver.pagelocked_empty(tuple(shape), dtype)
+
+    def free_pinned(self, array: np.ndarray) -> None:
+        # pagelocked_empty's array has a PagelockedHostAllocation as its base (through any
+        # views); its free() runs cuMemFreeHost now and raises when called twice
+        import numpy as np
+
+        base = array
+        while isinstance(base.base, np.ndarray):
+            base = base.base
+        if not hasattr(base.base, "free"):
+            raise ValueError("free_pinned: not an array from pinned_empty")
+        base.base.free()
 
     def load_kernel(self, source: str, name: str, *, include_dirs: Sequence[str] = (),
                     options: Sequence[str] = (), label: str = "the kernel") -> _PycudaKernel:

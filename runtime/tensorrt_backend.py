@@ -179,7 +179,8 @@ class TensorRTBackend(Backend):
         if tuple(shape[2:]) != (h, w):
             raise ArtifactError(f"{self.path}: engine input {shape} does not match the "
                                 f"sidecar's input_size {h}x{w}")
-        self.stream = cuda.stream()
+        # non-blocking: no implicit wait for the legacy default stream (or the other's)
+        self.stream = cuda.stream(non_blocking=True)
         self.context.set_input_shape(self.input_name, (self.max_batch, 3, h, w))
         self.host: dict[str, np.ndarray] = {}
         self.dev: dict[str, DeviceBuffer] = {}
@@ -276,11 +277,24 @@ class TensorRTBackend(Backend):
         return self._aggregator
 
     def close(self) -> None:
+        """Release everything inside the context, then detach it; a second call does
+        nothing. The aggregator first: its kernel's module lives in this context."""
+        if self.engine is None:
+            return
+        if self._aggregator is not None:
+            self._aggregator.close()
+            self._aggregator = None
         with self.active():
+            self.stream.synchronize()
             self._save_runtime_cache()  # inside the context: the cache needs a current one
             self._runtime_cache = self._runtime_config = None
+            # TensorRT's objects before the memory they point into
+            self.context = self.engine = self.runtime = None
             for mem in self.dev.values():
                 mem.free()
+            for host in self.host.values():
+                self.cuda.free_pinned(host)
             self.dev.clear()
-            self.context = self.engine = self.runtime = None
+            self.host.clear()
+            self.stream.close()
         self.context_cuda.release()

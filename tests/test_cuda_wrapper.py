@@ -63,11 +63,28 @@ class StandInPycuda:
         class Stream:
             def __init__(self, flags: int = 0) -> None:
                 self.handle = 0xABC
+                driver.calls.append(("Stream", flags))
 
             def synchronize(self) -> None:
                 driver.calls.append(("synchronize",))
 
+            def __del__(self) -> None:  # pycuda's ~stream: cuStreamDestroy
+                driver.calls.append(("cuStreamDestroy", bool(driver.stack)))
+
+        class Pinned(bytearray):  # pycuda's PagelockedHostAllocation (a buffer with free)
+            def free(self) -> None:
+                assert driver.stack, "cuMemFreeHost with no current context"
+                driver.calls.append(("cuMemFreeHost", len(self)))
+
+        class Module:
+            def get_function(self, name: str):
+                return driver._function(name)
+
+            def __del__(self) -> None:  # pycuda's ~module: cuModuleUnload
+                driver.calls.append(("cuModuleUnload", bool(driver.stack)))
+
         self.Context, self.Allocation, self.Stream = Context, Allocation, Stream
+        self.Pinned, self.Module = Pinned, Module
         self.context = Context()
         self.device = SimpleNamespace(name=lambda: "Stand-in GPU",
                                       compute_capability=lambda: (8, 9),
@@ -103,7 +120,9 @@ class StandInPycuda:
         self.calls[-1] = ("memcpy_dtoh_async", int(src), dest.nbytes, stream.handle)
 
     def pagelocked_empty(self, shape, dtype, order="C", mem_flags=0) -> np.ndarray:
-        return np.empty(shape, dtype, order=order)
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        # the allocation object is the array's base, as pycuda makes it
+        return np.ndarray(shape, dtype, buffer=self.Pinned(nbytes), order=order)
 
     # pycuda.compiler
     def SourceModule(self, source, nvcc="nvcc", options=None, keep=False,  # noqa: N802
@@ -112,7 +131,7 @@ class StandInPycuda:
         if "#error" in source:
             raise RuntimeError("compile failed\n[command: nvcc --cubin ...]")
         self.calls.append(("SourceModule", options, list(include_dirs), no_extern_c))
-        return SimpleNamespace(get_function=lambda name: self._function(name))
+        return self.Module()
 
     def _function(self, name: str):
         def launch(*args, block, grid, stream=None, shared=0):
@@ -196,10 +215,10 @@ def test_device_buffer_lifecycle(pycuda):
         buffer.free()  # a second free does nothing
         with pytest.raises(RuntimeError, match="freed"):
             _ = buffer.ptr
-    names = [c[0] for c in pycuda.calls]
-    assert names == ["push", "memcpy_htod", "memcpy_htod_async", "memcpy_dtoh_async",
-                     "synchronize", "free", "pop"]
-    assert pycuda.calls[2][1:] == (ptr, 32, 0xABC) and pycuda.memory == {}
+    calls = [c for c in pycuda.calls if c[0] != "Stream"]
+    assert [c[0] for c in calls] == ["push", "memcpy_htod", "memcpy_htod_async",
+                                     "memcpy_dtoh_async", "synchronize", "free", "pop"]
+    assert calls[2][1:] == (ptr, 32, 0xABC) and pycuda.memory == {}
 
 
 def test_kernel_load_and_launch(pycuda):
@@ -219,6 +238,32 @@ def test_kernel_load_and_launch(pycuda):
     launch = next(c for c in pycuda.calls if c[0] == "launch")
     assert launch[1] == "k" and int(launch[2][0]) == buffer.ptr and launch[2][1] == 4
     assert launch[3:5] == ((32, 8, 1), (2, 3)) and launch[5].handle == 0xABC
+
+
+def test_non_blocking_streams_and_releases_inside_the_context(pycuda):
+    """Streams are CU_STREAM_NON_BLOCKING (1) unless asked otherwise; close(), unload() and
+    free_pinned() release now, while the caller's context is current (pycuda destroys a
+    stream or module when its last reference goes: here, not later from the GC)."""
+    api = open_cuda()
+    with api.primary_context().active():
+        stream = api.stream()
+        api.stream(non_blocking=False).close()
+        host = api.pinned_empty((4, 4), np.float32)
+        api.free_pinned(host[1:])  # a view releases the allocation it views
+        with pytest.raises(ValueError, match="not an array from pinned_empty"):
+            api.free_pinned(np.zeros(3))
+        kernel = api.load_kernel('extern "C" __global__ void k() {}', "k")
+        kernel.unload()
+        kernel.unload()
+        with pytest.raises(RuntimeError, match="unloaded"):
+            kernel.launch((1,), (1,), [], stream)
+        stream.close()
+        stream.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            stream.synchronize()
+    calls = [c for c in pycuda.calls if c[0] not in ("push", "pop", "SourceModule")]
+    assert calls == [("Stream", 1), ("Stream", 0), ("cuStreamDestroy", True),
+                     ("cuMemFreeHost", 64), ("cuModuleUnload", True), ("cuStreamDestroy", True)]
 
 
 # ------------------------------------------------------------- the TensorRT backend
@@ -360,6 +405,25 @@ def test_tensorrt_backend_binds_every_io_tensor_of_an_engine_with_the_map(tmp_pa
     assert cuda.call_names().count("copy_to_host") == 4  # the extra outputs stay on the GPU
     backend.close()
     assert cuda.live_buffers() == []
+
+
+def test_tensorrt_backend_close_releases_everything_before_detaching(tmp_path, monkeypatch):
+    """close(): the aggregator's and the backend's buffers, pinned arrays, streams and
+    the kernel's module are released inside the context, then the context is detached;
+    both streams are non-blocking (no implicit sync with the legacy default stream)."""
+    from edgeas.runtime.tensorrt_backend import TensorRTBackend
+
+    cuda = FakeCuda()
+    monkeypatch.setitem(sys.modules, "tensorrt", StandInTensorRT(cuda))
+    backend = TensorRTBackend(_engine(tmp_path), cuda=cuda)
+    maps = backend.infer(np.ones((1, 3, 224, 224), np.float32))
+    backend.gpu_aggregator()([m[0] for m in maps], (224, 224), 0.5)
+    assert [s.non_blocking for s in cuda.streams] == [True, True]
+    backend.close()
+    backend.close()  # a second close does nothing
+    assert cuda.live() == {"buffers": 0, "streams": 0, "pinned": 0, "kernels": 0}
+    names = cuda.call_names()
+    assert names.count("release") == 1 and names[-1] == "release" and cuda.depth == 0
 
 
 def test_tensorrt_backend_pops_the_context_when_tensorrt_fails(tmp_path, monkeypatch):
