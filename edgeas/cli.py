@@ -287,7 +287,7 @@ def doctor(
         None, "--events-dir", help="Events folder to check (default: the station file's, ./events)."
     ),
 ) -> None:
-    """Report Python, extras, torch/CUDA, TensorRT, pycuda, ONNX Runtime, OpenCV, GPU, Jetson."""
+    """Report Python, extras, torch, TensorRT, the CUDA layer, ONNX Runtime, OpenCV, GPU, Jetson."""
     from edgeas.doctor import doctor_command
 
     raise typer.Exit(doctor_command(for_, as_json, config, events_dir))

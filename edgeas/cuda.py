@@ -3,13 +3,15 @@
 The TensorRT backend, the fused aggregation kernel and TensorRT 10's INT8 calibrator
 need the same few things: the device's primary context (the one TensorRT uses) made
 current on the calling thread, a stream, device buffers with copies, page-locked host
-arrays and one kernel compiled from CUDA source. `CudaApi` is that interface;
-`PycudaApi` implements it with pycuda, and `open_cuda` is the one place that decides
-"no pycuda" or "no usable GPU" (a DependencyError saying which). The interface names
-nothing of pycuda's, so a cuda-python implementation can stand beside it.
+arrays and one kernel compiled from CUDA source. `CudaApi` is that interface, with two
+implementations: `PycudaApi` (pycuda, the product's named dependency) and
+`CudaBindingsApi` (edgeas.cuda_bindings: NVIDIA's cuda-python, whose wheels need no
+toolkit to install, for where pycuda cannot be built). `open_cuda` is the one place that
+chooses (pycuda first) and decides "no CUDA layer" or "no usable GPU" (a
+DependencyError saying which); `cuda_layers()` says what is installed, for doctor.
 
-Importing this module imports neither pycuda nor numpy: a station without a GPU reads
-it (the runtime imports it at start-up) and only `open_cuda` needs the driver.
+Importing this module imports neither pycuda, cuda-python nor numpy: a station without
+a GPU reads it (the runtime imports it at start-up) and only `open_cuda` needs a driver.
 
 Every call except `primary_context` acts in the CUDA context current on the calling
 thread: callers wrap their work in `with context.active():`.
@@ -28,6 +30,9 @@ if TYPE_CHECKING:
 
 HINT = "on the GPU machine: pip install pycuda (needs the CUDA toolkit and driver)"
 NVCC_HINT = "put the CUDA toolkit's nvcc on PATH (/usr/local/cuda/bin on Jetson)"
+NVRTC_HINT = "pip install nvidia-cuda-nvrtc (NVRTC, which cuda-python compiles kernels with)"
+# open_cuda's order: pycuda is the product's dependency; cuda-python stands in for it
+LAYERS = {"pycuda": "pycuda.driver", "cuda-python": "cuda.bindings.driver"}
 
 
 class Stream(Protocol):
@@ -291,6 +296,38 @@ class PycudaApi:
         return _PycudaKernel(module, module.get_function(name))
 
 
-def open_cuda(device: int = 0) -> CudaApi:
-    """The CUDA layer for `device`: a DependencyError when pycuda or a usable GPU is missing."""
-    return PycudaApi(device)
+def _importable(module: str) -> str | None:
+    """None when `module` imports, else why not (one line)."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # ImportError, or a broken build (OSError, ABI mismatch)
+        return _first_line(exc)
+    return None
+
+
+def cuda_layers() -> dict[str, str | None]:
+    """Each implementation's name -> None when its package imports, else why not."""
+    return {name: _importable(module) for name, module in LAYERS.items()}
+
+
+def open_cuda(device: int = 0, layer: str | None = None) -> CudaApi:
+    """The CUDA layer for `device`: `layer` ("pycuda" or "cuda-python"), else the first
+    whose package imports. A DependencyError when none imports (naming both installs),
+    or when the chosen one finds no usable GPU."""
+    if layer is not None and layer not in LAYERS:
+        raise ValueError(f"unknown CUDA layer {layer!r}: expected one of {', '.join(LAYERS)}")
+    why = {name: _importable(LAYERS[name]) for name in ([layer] if layer else LAYERS)}
+    chosen = next((name for name, reason in why.items() if reason is None), None)
+    if chosen is None:
+        seen = "; ".join(f"{name}: {reason}" for name, reason in why.items())
+        what = (f"the CUDA layer {layer} does not import here" if layer else
+                "the GPU path needs pycuda or cuda-python, and neither imports here")
+        raise DependencyError(f"{what} ({seen})",
+                              hint=f"{HINT}; or: pip install cuda-python (no toolkit needed)")
+    if chosen == "pycuda":
+        return PycudaApi(device)
+    from edgeas.cuda_bindings import CudaBindingsApi
+
+    return CudaBindingsApi(device)

@@ -1,12 +1,13 @@
-"""TensorRT engines through `tensorrt` (or `tensorrt_rtx`) and edgeas.cuda (pycuda).
+"""TensorRT engines through `tensorrt` (or `tensorrt_rtx`) and edgeas.cuda (pycuda, or
+cuda-python where pycuda is missing).
 
 One deserialised engine, one execution context, page-locked host buffers, one CUDA
 stream; inputs and outputs bound by tensor name; `execute_async_v3`. An engine only
 runs with the TensorRT version and the GPU model it was built for, so the sidecar
 `model.engine.json` is checked against this machine before TensorRT sees the plan.
 
-Needs a GPU: on a machine without one this module imports (TensorRT and pycuda are
-imported inside `TensorRTBackend.__init__`, pycuda by `edgeas.cuda.open_cuda`),
+Needs a GPU: on a machine without one this module imports (TensorRT is imported
+inside `TensorRTBackend.__init__`, the CUDA layer by `edgeas.cuda.open_cuda`),
 `check_engine_compat` runs, and opening an engine is a DependencyError that says why.
 """
 

@@ -1,7 +1,7 @@
 """The CUDA fused aggregation: its per-pixel arithmetic compiled for the host (g++, and
 nvcc for the __host__ __device__ branch) against the numpy/OpenCV path; the kernel
 compiled to PTX; the aggregator's calls on the CUDA layer (a stand-in, FakeCuda); the
-kernel itself on a GPU through edgeas.cuda (pycuda) where one exists."""
+kernel itself on a GPU through edgeas.cuda (pycuda and cuda-python) where one exists."""
 
 from __future__ import annotations
 
@@ -203,19 +203,21 @@ def test_aggregator_compile_failure_is_a_dependency_error_and_pops_the_context()
     assert cuda.call_names() == ["primary_context", "push", "pop"] and cuda.depth == 0
 
 
-def _gpu_or_skip():
+def _gpu_or_skip(layer: str):
     from edgeas.cuda import open_cuda
 
     try:
-        return open_cuda()
-    except DependencyError as exc:  # no pycuda, no driver or no device
+        return open_cuda(layer=layer)
+    except DependencyError as exc:  # no pycuda / cuda-python, no driver or no device
         pytest.skip(exc.message)
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("layer", ["pycuda", "cuda-python"])
 @pytest.mark.parametrize(("out_hw", "seed"), CASES)
-def test_kernel_on_gpu_matches_numpy_fused(out_hw, seed):
-    cuda = _gpu_or_skip()
+def test_kernel_on_gpu_matches_numpy_fused(out_hw, seed, layer):
+    """On each CUDA layer (pycuda: nvcc; cuda-python: NVRTC), odd sizes included."""
+    cuda = _gpu_or_skip(layer)
     context = cuda.primary_context()
     agg = None
     try:

@@ -150,7 +150,7 @@ def pycuda(monkeypatch) -> StandInPycuda:
 
 
 def test_import_needs_no_pycuda_and_open_cuda_names_the_package():
-    run = run_without(("pycuda",), """
+    run = run_without(("pycuda", "cuda"), """
         import edgeas.cuda
         assert sys.modules.get("pycuda") is None
         from edgeas.errors import DependencyError
@@ -160,9 +160,10 @@ def test_import_needs_no_pycuda_and_open_cuda_names_the_package():
             print("ERR", exc.message, "|", exc.hint)
     """)
     assert run.returncode == 0, run.stderr
-    assert "ERR this command needs the Python package 'pycuda'" in run.stdout
+    assert "ERR the GPU path needs pycuda or cuda-python, and neither imports" in run.stdout
+    assert "(pycuda: No module named 'pycuda.driver'" in run.stdout
     assert "pip install pycuda" in run.stdout
-    bare = run_without(("pycuda", "numpy"), "import edgeas.cuda\n")
+    bare = run_without(("pycuda", "cuda", "numpy"), "import edgeas.cuda, edgeas.cuda_bindings\n")
     assert bare.returncode == 0, bare.stderr  # nothing heavy at import time
 
 
