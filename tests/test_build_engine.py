@@ -4,6 +4,7 @@ call sequences against clearly named mocks, the import boundary, and the errors.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -458,6 +459,9 @@ def _tensorrt_and_gpu():
 
 @pytest.mark.gpu
 @pytest.mark.trt
+# decided before the `models` fixture exports: without TensorRT there is nothing to do
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None,
+                    reason="needs NVIDIA TensorRT (not installed)")
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_standard_tensorrt_builds_and_deserialises_on_a_gpu(models, tmp_path, precision):
     flavour, gpu = _tensorrt_and_gpu()
