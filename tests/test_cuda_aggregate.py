@@ -1,7 +1,7 @@
 """The CUDA fused aggregation: its per-pixel arithmetic compiled for the host (g++, and
 nvcc for the __host__ __device__ branch) against the numpy/OpenCV path; the kernel
 compiled to PTX; the aggregator's calls on the CUDA layer (a stand-in, FakeCuda); the
-kernel itself on a GPU through edgeas.cuda (pycuda) where one exists."""
+kernel itself on a GPU through edgeas.cuda (pycuda and cuda-python) where one exists."""
 
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def test_kernel_compiles_to_ptx(tmp_path):
 
 def test_aggregator_calls_on_the_cuda_layer_stand_in():
     """Compiled once inside the shared context, a grid covering the frame, only the map
-    copied back without a threshold, every push popped, the inputs freed every call."""
+    copied back without a threshold, every push popped."""
     cuda = FakeCuda()
     context = cuda.primary_context()
     agg = CudaFusedAggregator(cuda, context)
@@ -153,8 +153,43 @@ def test_aggregator_calls_on_the_cuda_layer_stand_in():
         grid, block, args = cuda.launches[-1]
         assert block == BLOCK and grid == (2, 5)  # ceil(53 / 32), ceil(37 / 8)
         assert len(args) == 11
-    # the four level inputs are freed after each frame; the frame-sized outputs stay
-    assert len(cuda.live_buffers()) == 2
+    # the four level inputs and the map/mask stay allocated from frame to frame
+    assert len(cuda.live_buffers()) == 6
+
+
+def test_aggregator_reuses_its_buffers_and_copies_asynchronously_from_pinned_memory():
+    """No cuMemAlloc/cuMemFree per frame (cuMemFree synchronises the device), page-locked
+    host staging, and every copy and launch on the aggregator's own non-blocking stream,
+    so that the post thread never waits for inference's stream (FakeCuda refuses an
+    asynchronous copy from pageable memory)."""
+    cuda = FakeCuda()
+    context = cuda.primary_context()
+    agg = CudaFusedAggregator(cuda, context)
+    assert [s.non_blocking for s in cuda.streams] == [True]
+    maps = _maps(2)
+    agg(maps, (37, 53), 0.5)
+    del cuda.calls[:]
+    for _ in range(3):
+        agg(maps, (37, 53), 0.5)
+    names = cuda.call_names()
+    assert not {"alloc", "free", "pinned_empty", "free_pinned"} & set(names)
+    assert names.count("copy_from_host") == 3 * 4 and names.count("copy_to_host") == 3 * 2
+    moves = [c for c in cuda.calls if c[0] in ("copy_from_host", "copy_to_host", "launch")]
+    assert {c[-1] for c in moves} == {agg.stream.handle}
+    live = cuda.live()
+    agg(maps, (50, 64), None)  # another size: the old map and mask go, nothing piles up
+    assert cuda.live() == live
+
+
+def test_aggregator_close_releases_everything_inside_the_context():
+    cuda = FakeCuda()
+    context = cuda.primary_context()
+    agg = CudaFusedAggregator(cuda, context)
+    agg(_maps(2), (37, 53), 0.5)
+    agg.close()
+    agg.close()  # a second close does nothing
+    assert cuda.live() == {"buffers": 0, "streams": 0, "pinned": 0, "kernels": 0}
+    assert cuda.depth == 0 and cuda.call_names()[-1] == "pop"
 
 
 def test_aggregator_compile_failure_is_a_dependency_error_and_pops_the_context():
@@ -168,28 +203,35 @@ def test_aggregator_compile_failure_is_a_dependency_error_and_pops_the_context()
     assert cuda.call_names() == ["primary_context", "push", "pop"] and cuda.depth == 0
 
 
-def _gpu_or_skip():
+def _gpu_or_skip(layer: str):
     from edgeas.cuda import open_cuda
 
     try:
-        return open_cuda()
-    except DependencyError as exc:  # no pycuda, no driver or no device
+        return open_cuda(layer=layer)
+    except DependencyError as exc:  # no pycuda / cuda-python, no driver or no device
         pytest.skip(exc.message)
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("layer", ["pycuda", "cuda-python"])
 @pytest.mark.parametrize(("out_hw", "seed"), CASES)
-def test_kernel_on_gpu_matches_numpy_fused(out_hw, seed):
-    cuda = _gpu_or_skip()
+def test_kernel_on_gpu_matches_numpy_fused(out_hw, seed, layer):
+    """On each CUDA layer (pycuda: nvcc; cuda-python: NVRTC), odd sizes included."""
+    cuda = _gpu_or_skip(layer)
     context = cuda.primary_context()
+    agg = None
     try:
         agg = CudaFusedAggregator(cuda, context)
         maps = _maps(seed)
         expected, _ = aggregate(maps, out_hw, None, "fused", "official")
         tau = float(np.quantile(expected, 0.9))
-        got, mask = agg(maps, out_hw, tau, "official")
-        assert np.abs(got - expected).max() <= 1e-5
-        clear = np.abs(expected - tau) > 1e-5
-        assert np.array_equal(mask[clear], (expected >= np.float32(tau))[clear].astype(np.uint8))
+        for _ in range(2):  # the second frame reuses the buffers of the first
+            got, mask = agg(maps, out_hw, tau, "official")
+            assert np.abs(got - expected).max() <= 1e-5
+            clear = np.abs(expected - tau) > 1e-5
+            assert np.array_equal(mask[clear],
+                                  (expected >= np.float32(tau))[clear].astype(np.uint8))
     finally:
+        if agg is not None:
+            agg.close()
         context.release()
