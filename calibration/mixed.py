@@ -1,6 +1,7 @@
-"""`edgeas calibrate --sensitivity / --mixed-precision / --keep-float`: the per-block
-sensitivity analysis and the mixed-precision plan of each INT8 format, with progress bars
-and the printed summary; the numbers come from `sensitivity` and `scoring`.
+"""`edgeas calibrate --method auto / --sensitivity / --mixed-precision / --keep-float`: the
+choice of calibration method per format, the per-block sensitivity analysis and the
+mixed-precision plan of each INT8 format, with progress bars and the printed summary; the
+numbers come from `sensitivity` and `scoring`.
 
 Targets of the plan, per format (issue 21): the Q/DQ model (TensorRT) must keep the maps,
 worst held-out anomaly-map cosine >= --min-cosine, and with --eval-data also lose at most
@@ -10,6 +11,7 @@ own rule: pAP with --eval-data, the cosine without.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +25,7 @@ from edgeas.calibration import evalset as ev
 from edgeas.calibration import quantize as qz
 from edgeas.calibration import sensitivity as sv
 from edgeas.calibration.ranges import Ranges
-from edgeas.calibration.scoring import Reference, Targets
+from edgeas.calibration.scoring import Reference, Score, Targets
 from edgeas.record import ModelRecord
 
 # The ranking runs every block once: on a spread subset of the images, which orders the
@@ -68,9 +70,47 @@ def build_reference(record: ModelRecord, fp32, held: np.ndarray, eval_data, cons
     return ref
 
 
-def run(model, ranges: Ranges, ref: Reference, opts: MixedOptions, session_factory,
-        console: Console) -> tuple[dict[str, sv.Plan], dict]:
-    """({format: the plan whose model to write}, the .sensitivity.json report)."""
+def choose_methods(model, by_method: dict[str, Ranges], ref: Reference, opts: MixedOptions,
+                   session_factory, console: Console
+                   ) -> tuple[dict[str, Ranges], dict[str, tuple[Any, Score]], dict]:
+    """--method auto: per format, the method whose all-INT8 model (but --keep-float) has
+    the least damage against its targets (ties: the first of `by_method`). Returns
+    ({format: its ranges}, {format: (that model, its score)}, the report)."""
+    keep = sv.nodes_under(model, opts.keep_float) if opts.keep_float else []
+    chosen: dict[str, Ranges] = {}
+    first: dict[str, tuple[Any, Score]] = {}
+    report: dict[str, Any] = {}
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("--method auto: scoring each method", total=len(by_method) * 2)
+        for fmt in qz.FORMATS:
+            targets = targets_of(fmt, opts)
+            best = None
+            report[fmt] = {}
+            for method, ranges in by_method.items():
+                candidate = qz.quantize(model, ranges, fmt, exclude=keep)
+                score = ref.score(session_factory(candidate.SerializeToString()), targets)
+                damage = score.damage(targets)
+                report[fmt][method] = {"damage": None if math.isinf(damage) else damage,
+                                       **score.to_json()}
+                if best is None or damage < best[0]:
+                    best = (damage, method, candidate, score)
+                bar.advance(task, 1)
+            assert best is not None
+            _, method, candidate, score = best
+            chosen[fmt], first[fmt] = by_method[method], (candidate, score)
+            report[fmt]["chosen"] = method
+            cos = score.cosine_min["anomaly_map"]
+            pap = "" if score.pap_drop is None else f", pAP {-score.pap_drop:+.2f}"
+            console.print(f"--method auto: {fmt} takes {method} (worst map cosine "
+                          f"{'NaN/inf' if cos is None else f'{cos:.4f}'}{pap})")
+    return chosen, first, report
+
+
+def run(model, ranges: dict[str, Ranges], ref: Reference, opts: MixedOptions, session_factory,
+        console: Console, first: dict[str, tuple[Any, Score]] | None = None
+        ) -> tuple[dict[str, sv.Plan], dict]:
+    """({format: the plan whose model to write}, the .sensitivity.json report); `ranges`
+    per format, `first` the all-INT8 candidates per format when already scored."""
     blocks = sv.quantizable_blocks(model)
     keep = sv.nodes_under(model, opts.keep_float) if opts.keep_float else []
     small = ref.subset(opts.rank_held, opts.rank_eval)
@@ -84,17 +124,21 @@ def run(model, ranges: Ranges, ref: Reference, opts: MixedOptions, session_facto
     models = {}
     for fmt in qz.FORMATS:
         targets = targets_of(fmt, opts)
-        console.print(f"scoring the all-INT8 {fmt} model ...")
-        full = qz.quantize(model, ranges, fmt, exclude=keep)
-        score = ref.score(session_factory(full.SerializeToString()), targets)
-        entry: dict[str, Any] = {"targets": targets.to_json(), "all_int8": score.to_json()}
+        if first and fmt in first:
+            full, score = first[fmt]
+        else:
+            console.print(f"scoring the all-INT8 {fmt} model ...")
+            full = qz.quantize(model, ranges[fmt], fmt, exclude=keep)
+            score = ref.score(session_factory(full.SerializeToString()), targets)
+        entry: dict[str, Any] = {"targets": targets.to_json(), "method": ranges[fmt].method,
+                                 "all_int8": score.to_json()}
         ranking: list[sv.BlockResult] = []
         needed = opts.mixed_precision and not score.passed and opts.max_float_blocks > 0
         if opts.sensitivity or needed:
             with Progress(console=console, transient=True) as bar:
                 task = bar.add_task(f"sensitivity ({fmt}): one block INT8 at a time",
                                     total=len(blocks))
-                ranking = sv.analyse(model, ranges, fmt, blocks, small, targets,
+                ranking = sv.analyse(model, ranges[fmt], fmt, blocks, small, targets,
                                      lambda n, t=task: bar.advance(t, n), session_factory)
             entry["ranking"] = [r.to_json() for r in ranking]
             _print_ranking(fmt, ranking, console)
@@ -102,7 +146,7 @@ def run(model, ranges: Ranges, ref: Reference, opts: MixedOptions, session_facto
             with Progress(console=console, transient=True) as bar:
                 task = bar.add_task(f"mixed precision ({fmt}): blocks kept float",
                                     total=opts.max_float_blocks + 1)
-                chosen = sv.plan(model, ranges, fmt, ranking, blocks, ref, targets, keep,
+                chosen = sv.plan(model, ranges[fmt], fmt, ranking, blocks, ref, targets, keep,
                                  opts.max_float_blocks, (full, score),
                                  lambda n, t=task: bar.advance(t, n), session_factory)
             entry["plan"] = chosen.to_json()

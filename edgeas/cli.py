@@ -228,7 +228,10 @@ def calibrate(
         ".cache and .json files go beside it."
     ),
     num: int = typer.Option(256, "--num", help="At most this many images (1 in 8 held out)."),
-    method: str = typer.Option("entropy", "--method", help="entropy | percentile | minmax"),
+    method: str = typer.Option(
+        "entropy", "--method", help="entropy | percentile | minmax | auto (per format, the "
+        "one that scores best against FP32)."
+    ),
     eval_data: Path | None = typer.Option(
         None, "--eval-data", help="MVTec-layout test set: pAP and DSC of FP32 vs INT8."
     ),
