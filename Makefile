@@ -15,7 +15,7 @@ APT_PACKAGES = shellcheck systemd chromium ffmpeg python3-gi gir1.2-gst-rtsp-ser
 CONSTRAINTS = constraints.txt
 EXTRAS = train,export,runtime,dev
 
-.PHONY: install upgrade lock system-packages demo test test-newest lint
+.PHONY: install upgrade lock system-packages demo test test-newest lint gpu-wheels gpu-check
 
 install:
 	$(PYTHON) -m pip install --quiet -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
@@ -69,3 +69,28 @@ test-newest:
 
 lint:
 	ruff check .
+
+# ---- a lent GPU machine (benchmarks/gpu_check.py; results in benchmarks/results/gpu.md) ----
+# `make gpu-wheels` here (with network): pycuda's sdist and the wheels it and the check
+# need, for CPython 3.12 on x86-64, into $(GPU_WHEELS) (git-ignored, ~2 MB): carry that
+# folder to the GPU machine. There, `make gpu-check` builds pycuda, installs edgeas without
+# dependencies over the machine's PyTorch and runs every check in at most 8 minutes
+# (GPU_CHECK_ARGS="--copy-to DIR" also copies the results out). `make gpu-check DRY=1`:
+# the CPU dry run CI uses (tests/test_gpu_check.py), results in build/gpu-check-dry/.
+GPU_WHEELS ?= .gpu-wheels
+PYCUDA ?= pycuda==2026.1
+GPU_CHECK_ARGS ?=
+GPU_PLATFORMS = --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	--platform manylinux2014_x86_64
+
+gpu-wheels:
+	mkdir -p $(GPU_WHEELS)
+	$(PYTHON) -m pip download --quiet --no-deps --no-binary pycuda -d $(GPU_WHEELS) $(PYCUDA)
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --abi cp312 $(GPU_PLATFORMS) -d $(GPU_WHEELS) \
+		-r benchmarks/gpu-wheels.txt
+	ls -l $(GPU_WHEELS)
+
+gpu-check:
+	$(PYTHON) benchmarks/gpu_check.py --wheels $(GPU_WHEELS) \
+		$(if $(filter 1,$(DRY)),--dry) $(GPU_CHECK_ARGS)

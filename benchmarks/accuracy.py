@@ -43,7 +43,7 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy_report import METRICS, summarise, write  # noqa: E402
+from accuracy_report import DECISIONS, METRICS, summarise, write  # noqa: E402
 from flops import EXTRA_FORMULAS, flop_count, frozen  # noqa: E402
 from machine import loadavg, machine_facts  # noqa: E402
 
@@ -167,9 +167,13 @@ def train_and_eval(spec: str, seed: int, width: int, train: dict[str, Any], data
     edgeas("eval", "--checkpoint", str(run / "train" / "last.pt"), "--data", str(data),
            "--out", str(run / "eval"))
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    settings = run / "eval" / "aggregation.json"  # eval's smoothing comparison (issue 13)
     result = {
+        "aggregation": json.loads(settings.read_text()) if settings.exists() else None,
         "spec": spec, "seed": seed, "width": width, "run": str(run),
-        "metrics": {cls: {m: v[m] for m in METRICS} for cls, v in metrics.items()},
+        # decision metrics exist in runs evaluated since issue 12 (older runs lack them)
+        "metrics": {cls: {m: v[m] for m in (*METRICS, *DECISIONS) if m in v}
+                    for cls, v in metrics.items()},
         "steps": epochs[-1]["step"], "final_loss": epochs[-1]["loss"],
         # A resumed run's log misses the part of the epoch that ran before the stop.
         "train_loop_s": round(sum(e["seconds"] for e in epochs), 1),
@@ -234,6 +238,42 @@ def ort_latency(checkpoint: Path, runs: int, warmup: int = 3) -> dict[str, Any]:
             "p90_ms": round(float(np.percentile(ms, 90)), 1), "load_before": load}
 
 
+def baseline_row(name: str, data: Path, spec: str, coreset: float) -> dict[str, Any]:
+    """A training-free peer on the same data, backbone, held-out split and threshold
+    policy as the first spec (benchmarks/patchcore.py)."""
+    if name != "patchcore":
+        raise SystemExit(f"unknown baseline {name!r} (known: patchcore)")
+    import patchcore
+
+    cfg = full_config(spec)
+    t = cfg.threshold
+    result = patchcore.run(data, cfg.backbone.name, patchcore.DEFAULT_TAPS, coreset,
+                           cfg.train.val_fraction, cfg.train.seed, min_area=t.min_area,
+                           target=t.param if t.policy == "frame_fpr" and t.param else 0.01)
+    result["label"] = f"PatchCore-style kNN ({cfg.backbone.name}, coreset {coreset:g})"
+    return result
+
+
+def merge_runs(old: dict[str, Any] | None, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """This call's runs plus the old row's runs of other seeds (sorted by seed), so that
+    rerunning some seeds of a row keeps the rest."""
+    seeds = {r["seed"] for r in runs}
+    kept = [r for r in (old or {}).get("runs", []) if r["seed"] not in seeds]
+    return sorted([*kept, *runs], key=lambda r: r["seed"])
+
+
+def add_baselines(json_path: Path, a: argparse.Namespace) -> None:
+    """The --baselines on the data of accuracy.json's settings, its rows kept as they are."""
+    report = json.loads(json_path.read_text())
+    s = report["settings"]
+    data = make_data(a.work, s["classes"], s["per_class"], s["data_seed"])
+    command = "python " + " ".join(shlex.quote(v) for v in sys.argv)
+    for name in filter(None, (b.strip() for b in a.baselines.split(","))):
+        row = baseline_row(name, data, report["reference"], a.coreset)
+        report.setdefault("baselines", {})[name] = dict(row, command=command)
+    write(a.out, report)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", default="unias-lite,unias-edge", help="first = reference")
@@ -250,6 +290,10 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument("--merge", action="store_true", help="keep accuracy.json's other rows")
     p.add_argument("--report-only", action="store_true", help="only rewrite accuracy.md")
+    p.add_argument("--baselines", default="", help="training-free peers to add: patchcore")
+    p.add_argument("--baselines-only", action="store_true",
+                   help="add --baselines to accuracy.json's rows without training any")
+    p.add_argument("--coreset", type=float, default=0.1, help="PatchCore coreset fraction")
     a = p.parse_args()
     json_path = a.out / "accuracy.json"
     if a.report_only:
@@ -257,6 +301,8 @@ def main() -> None:
         for row in report["rows"].values():
             row["summary"] = summarise(row["runs"])
         return write(a.out, report)
+    if a.baselines_only:
+        return add_baselines(json_path, a)
     specs = [c.strip() for c in a.configs.split(",") if c.strip()]
     seeds = [int(v) for v in a.seeds.split(",")]
     # A constant rate: lr_step_epochs far beyond the budget.
@@ -274,8 +320,11 @@ def main() -> None:
     command = "python " + " ".join(shlex.quote(v) for v in sys.argv)
     rows: dict[str, Any] = dict(old.get("rows", {}))
     for spec in specs:
-        runs = [train_and_eval(spec, seed, a.width, train, data, a.work) for seed in seeds]
-        rows[f"{spec} [{a.epochs} ep]"] = {
+        label = f"{spec} [{a.epochs} ep]"
+        runs = merge_runs(rows.get(label) if a.merge else None,
+                          [train_and_eval(spec, seed, a.width, train, data, a.work)
+                           for seed in seeds])
+        rows[label] = {
             "spec": spec, "epochs": a.epochs, "command": command, "runs": runs,
             "summary": summarise(runs), "config_trained": run_config(spec, a.width, train),
             "reduced": decoder_cost(config_from_dict(run_config(spec, a.width, train), spec)),
@@ -293,8 +342,12 @@ def main() -> None:
             "interleaved_with": timed, "load_before": load}
     test_dir = data / a.classes.split(",")[0] / "test"
     settings["test_per_class"] = sum(1 for _ in test_dir.rglob("*.png"))
+    baselines = dict(old.get("baselines", {}))
+    for name in filter(None, (b.strip() for b in a.baselines.split(","))):
+        baselines[name] = baseline_row(name, data, specs[0], a.coreset)
+        baselines[name]["command"] = command
     write(a.out, {"machine": machine_facts(), "settings": settings,
-                  "reference": reference, "rows": rows})
+                  "reference": reference, "rows": rows, "baselines": baselines})
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ from publish import write_results
 
 METRICS = ("pixel_ap", "dsc", "dsc_deploy", "pixel_auroc", "image_auroc")
 SHORT = ("pAP", "DSC", "deploy DSC", "pixel AUROC", "image AUROC")
+# The station's OK/NG figures (edgeas.decisions), in runs evaluated since issue 12.
+DECISIONS = ("frame_recall", "frame_false_ng", "recall_at_fng_1", "recall_at_fng_5")
+DECISION_SHORT = ("frame recall", "false NG", "recall @1% fNG", "recall @5% fNG")
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -20,7 +23,12 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             for c in runs[0]["metrics"]}
     per_seed = {m: [r["metrics"]["mean"][m] for r in runs] for m in METRICS}
     timed = [r["train_loop_s"] for r in runs if not r.get("resumed")]
+    # decision metrics: the mean over the runs that have them (older runs do not)
+    decided = [r for r in runs if DECISIONS[0] in r["metrics"]["mean"]]
+    decisions = {m: float(np.mean([r["metrics"]["mean"][m] for r in decided]))
+                 for m in DECISIONS} if decided else {}
     return {
+        "decisions": decisions, "decision_seeds": [r["seed"] for r in decided],
         "seeds": [r["seed"] for r in runs], "metrics": mean, "per_seed": per_seed,
         "range": {m: max(v) - min(v) for m, v in per_seed.items()},
         "std": {m: statistics.stdev(v) if len(v) > 1 else None for m, v in per_seed.items()},
@@ -119,7 +127,86 @@ def markdown(report: dict[str, Any]) -> str:
             if cls != "mean":
                 lines.append(f"| {label} | {cls} | "
                              + " | ".join(pct(m[k]) for k in METRICS) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + decisions_section(report) + settings_section(report)) + "\n"
+
+
+def decisions_section(report: dict[str, Any]) -> list[str]:
+    """UniAS rows and the training-free baselines side by side on what a station is
+    judged by: image ranking and OK/NG calls (edgeas.decisions; per class, then mean)."""
+    rows, baselines = report["rows"], report.get("baselines", {})
+    head = ("| model | seeds | pAP | image AUROC | " + " | ".join(DECISION_SHORT) + " |")
+    lines = ["", "## Decisions, and the training-free baseline", "",
+             "What a station is judged by, on the same test images: image AUROC and the "
+             "decision metrics of `edgeas eval` (recall and false NG at the stored threshold, "
+             "`frame_fpr` fitted on held-out normal images; recall at 1% / 5% false NG per "
+             "class, then the mean). UniAS rows: mean over the seeds evaluated with them "
+             "(runs from before issue 12 have none). The baseline is fitted once on the "
+             "training split of the first row's config, its threshold on the same held-out "
+             "images (`benchmarks/patchcore.py`).", "", head,
+             "|---|---|---|---|" + "---|" * len(DECISIONS)]
+    for label, r in rows.items():
+        sm = r["summary"]
+        dec = sm.get("decisions") or {}
+        if not dec:
+            continue
+        # pAP and AUROC over the same seeds as the decision figures
+        same = [run["metrics"]["mean"] for run in r["runs"]
+                if run["seed"] in sm["decision_seeds"]]
+        pap, auroc = (float(np.mean([m[k] for m in same])) for k in ("pixel_ap", "image_auroc"))
+        lines.append(f"| {label} | {','.join(map(str, sm['decision_seeds']))} "
+                     f"| {pct(pap)} | {pct(auroc)} | "
+                     + " | ".join(pct(dec[k]) for k in DECISIONS) + " |")
+    for b in baselines.values():
+        m = b["metrics"]["mean"]
+        lines.append(f"| {b['label']} | - | {pct(m['pixel_ap'])} | {pct(m['image_auroc'])} | "
+                     + " | ".join(pct(m[k]) for k in DECISIONS) + " |")
+    for b in baselines.values():
+        lines += ["", f"{b['label']}: `{b['command']}`; bank {b['bank']} of {b['patches']} "
+                  f"patches, fitted in {b['fit_s']} s, {b['test_s_per_image']} s per test "
+                  f"image; threshold {b['threshold']:.4g} on {b['held_out']} held-out images."]
+    return lines
+
+
+SETTING_FIGURES = {"pixel_ap": "pAP", "dsc": "DSC", "image_auroc": "image AUROC",
+                   "recall_at_fng_1": "recall @1% fNG"}
+
+
+def settings_section(report: dict[str, Any]) -> list[str]:
+    """Each row's smoothing settings side by side (eval's aggregation.json, mean over the
+    seeds that have it), and what the fused mode costs against the reference."""
+    head = ("| config | seeds | smoothing | mode | " + " | ".join(SETTING_FIGURES.values())
+            + " |")
+    lines = ["", "## Aggregation settings", "",
+             "`edgeas eval`'s comparison on each trained model (aggregation.json): the "
+             "official smoothing and none, each computed straightforwardly (`reference`) "
+             "and fast (`fused`); mean over the seeds evaluated with it. Last columns, for "
+             "the model's own setting: fused minus reference pAP (points) and the share of "
+             "test images with the same OK/NG call at the stored threshold.", "",
+             head[:-1] + "| fused - ref pAP | same call |",
+             "|---|---|---|---|" + "---|" * (len(SETTING_FIGURES) + 2)]
+    for label, r in report["rows"].items():
+        runs = [run for run in r["runs"] if run.get("aggregation")]
+        if not runs:
+            continue
+        seeds = ",".join(str(run["seed"]) for run in runs)
+        first = runs[0]["aggregation"]
+        checks = [run["aggregation"]["fused_vs_reference"] for run in runs]
+        for name, modes in first["settings"].items():
+            for mode in modes:
+                vals = [float(np.mean([run["aggregation"]["settings"][name][mode][k]
+                                       for run in runs])) for k in SETTING_FIGURES]
+                own = name == first["setting"] and mode == "fused"
+                extra = ("| - | - |" if not own else
+                         f"| {np.mean([c['pixel_ap_points'] for c in checks]):+.2f} "
+                         f"| {_same(checks)} |")
+                lines.append(f"| {label} | {seeds} | {name} | {mode} | "
+                             + " | ".join(pct(v) for v in vals) + " " + extra)
+    return lines
+
+
+def _same(checks: list[dict[str, Any]]) -> str:
+    same = [c["same_decision"] for c in checks if c["same_decision"] is not None]
+    return "-" if not same else f"{100 * min(same):.1f}% (worst seed)"
 
 
 def write(out: Path, report: dict[str, Any]) -> None:

@@ -1,16 +1,21 @@
-"""Time fused aggregation to a camera frame against the naive baseline.
+"""Time fused aggregation to a camera frame against the naive and straightforward ways.
 
     python benchmarks/aggregate_bench.py [--runs 40] [--size 1920x1080] [--out benchmarks/results]
 
 Four realistic per-level maps (112, 56, 28, 14 px: EfficientNet-B4 at 224
 input; smooth low background plus one defect) -> anomaly map and mask at the
-frame size, threshold applied. Timed, interleaved in the same process so both
+frame size, threshold applied. Timed, interleaved in the same process so all
 see the same machine state (run order alternates every round):
-- fused: `edgeas.aggregate.aggregate(maps, (H, W), tau)` (mode "fused");
+- fused: `edgeas.aggregate.aggregate(maps, (H, W), tau, "fused", smoothing)` for the
+  official smoothing and for none (the levels smoothed at their own size, then one
+  sampling-and-multiplying pass at the frame size);
 - naive: `naive_aggregate` (here: a baseline, not part of edgeas): four full-size
-  cv2.resize, three multiplies, one compare, every intermediate freshly allocated;
-- for context, not part of the ratio: the naive steps with reused buffers
-  (shows where the gain comes from) and `reference` mode at the frame size.
+  cv2.resize, three multiplies, one compare, every intermediate freshly allocated (the
+  no-smoothing setting; smoothing at the frame size would only make it slower);
+- reference (the straightforward path): resize, smooth and multiply at 112x112, then
+  the align-corners upsample to the frame, in numpy;
+- for context, not part of the ratios: the naive steps with reused buffers (shows where
+  the gain comes from).
 """
 
 from __future__ import annotations
@@ -102,14 +107,16 @@ def stats_ms(times: list[float]) -> dict:
 def run(runs: int, h: int, w: int, out_dir: Path) -> dict:
     load_before = os.getloadavg()[0]
     maps = make_maps()
-    fused_map, _ = aggregate(maps, (h, w))
+    fused_map, _ = aggregate(maps, (h, w), None, "fused", "none")
     tau = float(np.quantile(fused_map[::8, ::8], 0.995))
     buffered = naive_with_buffers(h, w)
     candidates: dict[str, Callable] = {
-        "fused": lambda: aggregate(maps, (h, w), tau, mode="fused"),
+        "fused": lambda: aggregate(maps, (h, w), tau, "fused", "official"),
+        "fused_no_smoothing": lambda: aggregate(maps, (h, w), tau, "fused", "none"),
         "naive": lambda: naive_aggregate(maps, (h, w), tau),
         "naive_reused_buffers": lambda: buffered(maps, tau),
-        "reference_at_frame_size": lambda: aggregate(maps, (h, w), tau, mode="reference"),
+        "reference_at_frame_size": lambda: aggregate(maps, (h, w), tau, "reference",
+                                                     "official"),
     }
     names = list(candidates)
     for _ in range(WARMUP):
@@ -122,7 +129,7 @@ def run(runs: int, h: int, w: int, out_dir: Path) -> dict:
             candidates[name]()
             times[name].append(time.perf_counter() - t0)
 
-    a, m = candidates["fused"]()
+    a, m = candidates["fused_no_smoothing"]()
     b, n = candidates["naive"]()
     timing = {name: stats_ms(t) for name, t in times.items()}
     report = {
@@ -134,6 +141,9 @@ def run(runs: int, h: int, w: int, out_dir: Path) -> dict:
         "timing": timing,
         "speedup_fused_vs_naive_median": round(
             timing["naive"]["median_ms"] / timing["fused"]["median_ms"], 2
+        ),
+        "speedup_fused_vs_reference_median": round(
+            timing["reference_at_frame_size"]["median_ms"] / timing["fused"]["median_ms"], 2
         ),
         "fused_vs_naive_max_abs_diff": float(np.abs(a - b).max()),
         "fused_vs_naive_mask_mismatches": int((m != n).sum()),
@@ -177,21 +187,27 @@ def markdown(r: dict) -> str:
             "|---|---|---|---|---|",
             *rows,
             "",
-            f"**fused vs naive (median): {r['speedup_fused_vs_naive_median']}x**; "
-            f"max abs difference {r['fused_vs_naive_max_abs_diff']:.3g}, "
-            f"mask mismatches {r['fused_vs_naive_mask_mismatches']}.",
+            f"**fused (official smoothing) vs naive (median): "
+            f"{r['speedup_fused_vs_naive_median']}x; vs the straightforward reference: "
+            f"{r['speedup_fused_vs_reference_median']}x** (targets: >= 2x and >= 1x). "
+            "Without smoothing fused and naive compute the same values: max abs difference "
+            f"{r['fused_vs_naive_max_abs_diff']:.3g}, mask mismatches "
+            f"{r['fused_vs_naive_mask_mismatches']}.",
             "",
-            "- fused: each level resized (cv2 INTER_LINEAR, float32, multi-threaded, GIL released)",
-            "  into one reused scratch buffer and multiplied into the output in place; the mask",
-            "  is written by comparing into a bool view of the uint8 result. Only the returned",
-            "  map and mask are allocated.",
+            "- fused: each level smoothed at its own size (microseconds), then resized (cv2",
+            "  INTER_LINEAR, float32, multi-threaded, GIL released) into one reused scratch",
+            "  buffer and multiplied into the output in place; the mask is written by comparing",
+            "  into a bool view of the uint8 result. Only the returned map and mask are",
+            "  allocated. fused_no_smoothing: the same without the smoothing.",
             "- naive: four full-size resizes, three multiplies and a compare plus astype, each",
             "  result a fresh multi-MB array.",
             "- naive_reused_buffers (context): the naive steps into buffers allocated once. It",
             "  runs about as fast as fused: the arithmetic is the same, the gain is memory",
             "  traffic and page faults of the temporaries, not fewer operations.",
-            "- reference_at_frame_size (context): blur and product at 112x112, then the",
-            "  align-corners upsample to the frame in numpy.",
+            "- reference_at_frame_size: resize, blur and product at 112x112, then the",
+            "  align-corners upsample to the frame in numpy (the straightforward path).",
+            "- A station decides at the model's size (224x224): the frame-size map is only made",
+            "  for the sinks that draw it (runtime/pipeline.py).",
             "",
         ]
     )

@@ -70,9 +70,8 @@ def session(model_bytes: bytes, threads: int | None = None):
 
 def decisions(ref: Reference, maps: np.ndarray) -> dict[str, float]:
     record = ref.record
+    # the maps are the record's own aggregation (Reference), the one the threshold was fitted on
     threshold = record.threshold.value if record.threshold.is_set else None
-    if record.aggregation.mode != "reference":
-        threshold = None  # the threshold belongs to another aggregation than these maps
     result = decision_metrics(maps, ref.eval_masks, ref.eval_classes, threshold,
                               record.min_area)
     return {k: float(v) for k, v in result["mean"].items()}

@@ -125,17 +125,19 @@ def station_calls(events: Path, n_frames: int) -> np.ndarray:
 def model_maps(backend, images: list[np.ndarray], mode: str) -> list[np.ndarray]:
     """Anomaly maps at model size of uint8 BGR images, through the exported model."""
     from edgeas.aggregate import aggregate
+    from edgeas.postprocess import record_setting
     from edgeas.preprocess import preprocess_bgr
 
     recipe = backend.record.preprocessing
-    blur = [tuple(b) for b in backend.record.aggregation.blur] or None
+    _, smoothing, use = record_setting(backend.record, mode)  # the model's own setting
     maps = []
     step = backend.batch or BATCH  # a static-batch export takes exactly its batch
     for s in range(0, len(images), step):
         batch = np.stack([preprocess_bgr(im, recipe) for im in images[s : s + step]])
         levels = backend.infer(batch)
         for j in range(len(batch)):
-            amap, _ = aggregate([lv[j] for lv in levels], recipe.input_size, None, mode, blur)
+            amap, _ = aggregate([lv[j] for lv in levels], recipe.input_size, None, mode,
+                                smoothing, use)
             maps.append(amap)
     return maps
 

@@ -2,12 +2,13 @@
 
 On the held-out normal images (never used for calibration) and, with --eval-data, on a
 test split: per-image cosine similarity of each per-level map and of the anomaly map
-(reference aggregation, at model resolution); on the test split also pAP, DSC and
-AUROCs via `edgeas.metrics.evaluate`, FP32 vs INT8. With a test split the gate fails
-when pAP drops by more than `max_pap_drop` points (what segmentation is judged on);
-without one, when the worst anomaly-map cosine is below `min_cosine`. Every number is
-reported either way. A variant (or the FP32 model) whose maps hold NaN or inf on any image
-fails either way, naming the map and the count: its cosine is undefined, not 1.
+(the record's aggregation, as the station computes it, at model resolution); on the
+test split also pAP, DSC and AUROCs via `edgeas.metrics.evaluate`, FP32 vs INT8. With a
+test split the gate fails when pAP drops by more than `max_pap_drop` points (what
+segmentation is judged on); without one, when the worst anomaly-map cosine is below
+`min_cosine`. Every number is reported either way. A variant (or the FP32 model) whose
+maps hold NaN or inf on any image fails either way, naming the map and the count: its
+cosine is undefined, not 1.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from edgeas.aggregate import aggregate_batch
 from edgeas.metrics import evaluate
 from edgeas.ort import cosine_per_image, run
+from edgeas.postprocess import record_setting
 from edgeas.record import ModelRecord
 
 MAP = "anomaly_map"
@@ -45,7 +47,7 @@ class Gate:
     def __init__(self, record: ModelRecord, fp32, variants: dict[str, Any]) -> None:
         self.outputs = list(record.model.outputs)
         self.size = tuple(record.preprocessing.input_size)
-        self.blur = [tuple(b) for b in record.aggregation.blur]
+        self.setting = record_setting(record)  # the station's mode, smoothing, levels
         self.fp32, self.variants = fp32, variants
         self.cos: dict[str, dict[str, dict[str, list[np.ndarray]]]] = {
             v: {s: {} for s in SETS} for v in variants}
@@ -61,7 +63,7 @@ class Gate:
         out = run(session, images)
         levels = [out[name][:, 0] for name in self.outputs]
         with np.errstate(invalid="ignore", over="ignore"):  # non-finite maps are counted
-            out[MAP] = aggregate_batch(levels, self.size, "reference", self.blur)
+            out[MAP] = aggregate_batch(levels, self.size, *self.setting)
         counts = self.nonfinite[model][which]
         for key in [*self.outputs, MAP]:
             bad = int(np.sum(~np.isfinite(out[key].reshape(len(images), -1)).all(axis=1)))

@@ -2,7 +2,7 @@
 outputs of the held-out normal images and, with --eval-data, the FP32 anomaly maps of the
 test split are computed once; a candidate session is then run over the same images and
 scored as the gate scores it (per-image cosine of each per-level map and of the anomaly
-map, reference aggregation; pAP, DSC and AUROCs via `edgeas.metrics.evaluate`).
+map, the record's aggregation as the gate computes it; pAP, DSC and AUROCs via `edgeas.metrics.evaluate`).
 
 What the mixed-precision search (`sensitivity`) ranks and accepts candidates by; the
 written models still go through `gate.Gate`, the one verdict `edgeas calibrate` gives.
@@ -20,6 +20,7 @@ import numpy as np
 from edgeas.aggregate import aggregate_batch
 from edgeas.metrics import evaluate
 from edgeas.ort import cosine_per_image, run
+from edgeas.postprocess import record_setting
 from edgeas.record import ModelRecord
 
 MAP = "anomaly_map"
@@ -96,7 +97,7 @@ class Reference:
         self.record = record
         self.outputs = list(record.model.outputs)
         self.size = tuple(record.preprocessing.input_size)
-        self.blur = [tuple(b) for b in record.aggregation.blur]
+        self.setting = record_setting(record)  # the station's mode, smoothing, levels
         self.held = held
         self.eval_images, self.eval_masks = eval_images, eval_masks
         self.eval_classes = list(eval_classes)
@@ -133,7 +134,7 @@ class Reference:
             out = run(session, images[s : s + CHUNK])
             levels = [out[name][:, 0] for name in self.outputs]
             with np.errstate(invalid="ignore", over="ignore"):
-                out[MAP] = aggregate_batch(levels, self.size, "reference", self.blur)
+                out[MAP] = aggregate_batch(levels, self.size, *self.setting)
             for key in [*self.outputs, MAP]:
                 parts.setdefault(key, []).append(out[key])
             if self.advance is not None:

@@ -1,17 +1,33 @@
 """Per-level maps -> anomaly map, mask and decision (protocol.md section 3).
 
-Two aggregation modes (the registry `edgeas.postprocess.AGGREGATION_MODES` names them,
-and its DEFAULT_MODE is every function's default here):
+What is computed is the *setting* (the record's `aggregation`): a smoothing, one
+(kernel, sigma) per level at the finest level's resolution or none, and the level set
+whose maps are multiplied. How it is computed is the *mode*, each for any setting (the
+registry `edgeas.postprocess.AGGREGATION_MODES`, whose DEFAULT_MODE is every function's
+default here):
 
-- ``reference``: the official UniAS post-processing, reproduced to float32
-  precision (resize to the finest level, half-pixel bilinear; per-level
-  Gaussian blur with a reflect-101 border; product in the official order
-  ((res1 * res4) * res3) * res2; align-corners bilinear upsampling to the
-  output size). Implemented in plain numpy and vectorised over a batch so
-  that evaluation can use it on many images at once.
-- ``fused``: the runtime's fast path: prod_i bilinear(d_i) evaluated directly
-  at the output size (e.g. a 1920x1080 camera frame) with half-pixel
-  centres, no blur, and the mask written right after the last product.
+- ``reference``: the straightforward implementation, the official UniAS code's,
+  reproduced to float32 precision: resize each level to the finest level's size (R_i,
+  half-pixel bilinear), smooth it there (G_i, reflect-101 border), multiply in the
+  official order ((res1 * res4) * res3) * res2, upsample the product to the output size
+  (align-corners bilinear). Plain numpy, vectorised over a batch.
+- ``fused``: the fast implementation: each level smoothed at its *own* resolution by a
+  kernel K_i (maps of 14x14 to 112x112: microseconds), then ONE pass at the output size
+  samples every level (half-pixel bilinear B_i), multiplies and writes the map and the
+  mask. The same pass is the CUDA kernel (runtime/fused_aggregate.cu); here OpenCV.
+
+Why fused equals reference up to interpolation error. Let s_i = (finest size) / (size of
+level i). Bilinear resizing commutes with whole-pixel shifts of the coarse grid, so for
+any kernel K on level i's grid, R_i(K * d) = K^(s_i) * R_i(d), where K^(s) spreads K's taps
+s fine pixels apart (exact away from the borders). The reference computes G_i * R_i(d).
+K_i^(s_i) and G_i are both normalised and symmetric; choosing Var(K_i) = Var(G_i) / s_i^2
+(`native_kernel`) makes their moments agree up to the second, so the two smoothings
+differ only by a term in the fourth derivative of the interpolated map. For res1 (s = 1)
+K_1 = G_1 exactly. What remains is the order of the last two steps: the reference
+interpolates the product, fused multiplies interpolants (and samples with half-pixel
+rather than align-corners centres): both are interpolation errors, O(h^2) in the
+level's pixel size. eval measures the difference on every model (aggregation.json):
+same OK/NG decision on >= 99.5% of images and |pAP difference| <= 0.2 points is the bar.
 
 numpy and OpenCV only: this module is on the runtime's import path, which must
 work on a bare Jetson image without torch.
@@ -29,7 +45,8 @@ import numpy as np
 from edgeas.errors import ConfigError, ModelOutputError
 from edgeas.interp import gaussian_blur, resize_bilinear
 from edgeas.interp import out_size as _out_size
-from edgeas.postprocess import DEFAULT_MODE, aggregation_mode, check_blur
+from edgeas.postprocess import DEFAULT_MODE, aggregation_mode, check_smoothing
+from edgeas.smoothing import smooth_levels
 
 # Batch chunk for the numpy paths: bounds the temporaries to a few tens of MB.
 _CHUNK = 32
@@ -37,7 +54,10 @@ _CHUNK = 32
 # cheaper than clearing each region inside its bounding box.
 _MAX_BOX_CLEARS = 32
 
-Blur = Sequence[tuple[int, float]]
+# (kernel, sigma) per level, res1 first, or "official" / "none" (edgeas.postprocess)
+Smoothing = Sequence[tuple[int, float]] | str | None
+# indices of the levels in the product, finest first (None: every level)
+LevelSet = Sequence[int] | None
 
 
 # --------------------------------------------------------------------------- checks
@@ -113,15 +133,35 @@ def _float32_threshold(threshold: float) -> np.float32:
     return t32
 
 
+# --------------------------------------------------------------------------- the setting
+
+
+def _setting(levels: list[np.ndarray], smoothing: Smoothing, use: LevelSet):
+    """(finest (h, w), the chosen levels, their (kernel, sigma) pairs or ()). The pairs
+    are given at the finest level's resolution whichever levels are chosen."""
+    pairs = check_smoothing(smoothing, len(levels))
+    finest = tuple(levels[0].shape[-2:])
+    if use is None:
+        return finest, levels, pairs
+    idx = [int(i) for i in use]
+    if not idx or len(set(idx)) != len(idx) or min(idx) < 0 or max(idx) >= len(levels):
+        raise ConfigError(f"level set {list(use)} must be distinct indices of the "
+                          f"{len(levels)} levels")
+    idx.sort()
+    return finest, [levels[i] for i in idx], tuple(pairs[i] for i in idx) if pairs else ()
+
+
 # --------------------------------------------------------------------------- reference mode
 
 
-def _reference_small(levels: list[np.ndarray], pairs: list[tuple[int, float]]):
-    """(resized, blurred, product) at the finest level's size for (B, h, w) stacks."""
-    size = levels[0].shape[-2:]
+def _reference_small(levels: list[np.ndarray], pairs: Sequence[tuple[int, float]],
+                     size: tuple[int, int]):
+    """(resized, smoothed, product) at the finest level's size for (B, h, w) stacks."""
     # the official code does not resize res1 (a same-size resize is the identity anyway)
-    up = [levels[0]] + [resize_bilinear(m, size, align_corners=False) for m in levels[1:]]
-    post = [gaussian_blur(u, k, s) for u, (k, s) in zip(up, pairs, strict=True)]
+    up = [m if m.shape[-2:] == size else resize_bilinear(m, size, align_corners=False)
+          for m in levels]
+    post = [gaussian_blur(u, k, s) for u, (k, s) in zip(up, pairs, strict=True)] \
+        if pairs else up
     order = _product_order(len(levels))
     product = post[order[0]].copy()
     for i in order[1:]:
@@ -130,7 +170,7 @@ def _reference_small(levels: list[np.ndarray], pairs: list[tuple[int, float]]):
 
 
 def reference_stages(
-    levels: Sequence[np.ndarray], out_hw: Sequence[int], blur: Blur | None = None
+    levels: Sequence[np.ndarray], out_hw: Sequence[int], smoothing: Smoothing = None
 ) -> dict[str, np.ndarray]:
     """Every step of the official post-processing under the conformance names, for
     (B, h_i, w_i) stacks: ``dist_up_res{i}``, ``dist_post_res{i}``, ``anomaly_map_112``
@@ -138,7 +178,8 @@ def reference_stages(
     """
     levels = _as_batched_levels(levels)
     h, w = _out_size(out_hw)
-    up, post, product = _reference_small(levels, check_blur(blur, len(levels)))
+    finest, levels, pairs = _setting(levels, smoothing, None)
+    up, post, product = _reference_small(levels, pairs, finest)
     amap = resize_bilinear(product, (h, w), align_corners=True)
     out = {f"dist_up_res{i + 1}": u for i, u in enumerate(up)}
     out.update({f"dist_post_res{i + 1}": p for i, p in enumerate(post)})
@@ -149,16 +190,17 @@ def reference_stages(
 
 
 def reference_maps_batch(
-    levels: Sequence[np.ndarray], out_hw: Sequence[int], blur: Blur | None = None
+    levels: Sequence[np.ndarray], out_hw: Sequence[int], smoothing: Smoothing = None,
+    use: LevelSet = None,
 ) -> np.ndarray:
     """Reference-mode anomaly maps (B, H, W) float32 for per-level (B, h_i, w_i) stacks."""
     levels = _as_batched_levels(levels)
     h, w = _out_size(out_hw)
-    pairs = check_blur(blur, len(levels))
+    finest, levels, pairs = _setting(levels, smoothing, use)
     n = levels[0].shape[0]
     out = np.empty((n, h, w), np.float32)
     for s in range(0, n, _CHUNK):
-        small = _reference_small([m[s : s + _CHUNK] for m in levels], pairs)[2]
+        small = _reference_small([m[s : s + _CHUNK] for m in levels], pairs, finest)[2]
         out[s : s + _CHUNK] = resize_bilinear(small, (h, w), align_corners=True)
     return out
 
@@ -167,23 +209,27 @@ def aggregate_batch(
     levels: Sequence[np.ndarray],
     out_hw: Sequence[int],
     mode: str = DEFAULT_MODE,
-    blur: Blur | None = None,
+    smoothing: Smoothing = None,
+    use: LevelSet = None,
 ) -> np.ndarray:
     """Maps (B, H, W) for per-level (B, h_i, w_i) stacks in either mode (for evaluation).
+    `smoothing`: the setting's (None: official); `use`: the level set (None: all).
 
-    ``fused`` here is the numpy path, which reproduces torch's float32
-    rounding; the runtime's `fused_map` computes the same values via OpenCV.
+    ``fused`` here samples with numpy's torch-exact bilinear; the runtime's `fused_map`
+    computes the same values via OpenCV (both checked in the tests).
     """
     if _check_mode(mode) == "reference":
-        return reference_maps_batch(levels, out_hw, blur)
+        return reference_maps_batch(levels, out_hw, smoothing, use)
     levels = _as_batched_levels(levels)
     h, w = _out_size(out_hw)
+    finest, levels, pairs = _setting(levels, smoothing, use)
     order = _product_order(len(levels))
     out = np.empty((levels[0].shape[0], h, w), np.float32)
     for s in range(0, out.shape[0], _CHUNK):
-        acc = resize_bilinear(levels[order[0]][s : s + _CHUNK], (h, w), align_corners=False)
+        chunk = smooth_levels([m[s : s + _CHUNK] for m in levels], pairs, finest)
+        acc = resize_bilinear(chunk[order[0]], (h, w), align_corners=False)
         for i in order[1:]:
-            acc *= resize_bilinear(levels[i][s : s + _CHUNK], (h, w), align_corners=False)
+            acc *= resize_bilinear(chunk[i], (h, w), align_corners=False)
         out[s : s + _CHUNK] = acc
     return out
 
@@ -208,8 +254,18 @@ def _scratch(shape: tuple[int, int]) -> np.ndarray:
     return buf
 
 
-def fused_map(maps: Sequence[np.ndarray], out_hw: Sequence[int]) -> np.ndarray:
-    """prod_i bilinear(d_i) at out_hw, half-pixel centres (torch align_corners=False).
+def fused_levels(maps: Sequence[np.ndarray], smoothing: Smoothing = None,
+                 use: LevelSet = None) -> list[np.ndarray]:
+    """The fused pass's inputs for one image: the chosen levels (2-D float32, finest
+    first), each smoothed at its own resolution. Shared by the OpenCV pass below and the
+    CUDA kernel (runtime/cuda_aggregate.py), so both compute one setting the same way."""
+    finest, levels, pairs = _setting(_as_levels(maps), smoothing, use)
+    return smooth_levels(levels, pairs, finest)
+
+
+def fused_map(maps: Sequence[np.ndarray], out_hw: Sequence[int], smoothing: Smoothing = None,
+              use: LevelSet = None) -> np.ndarray:
+    """prod_i bilinear(K_i * d_i) at out_hw, half-pixel centres (torch align_corners=False).
 
     cv2.resize's float32 INTER_LINEAR has torch's sample positions and
     clamping, computes them in double (torch: float32, off by up to ~4e-6 px
@@ -218,7 +274,7 @@ def fused_map(maps: Sequence[np.ndarray], out_hw: Sequence[int]) -> np.ndarray:
     multiplied into the output in place: two full-size maps in all, and
     the output is a fresh array the caller owns.
     """
-    levels = _as_levels(maps)
+    levels = fused_levels(maps, smoothing, use)
     h, w = _out_size(out_hw)
     order = _product_order(len(levels))
     out = np.empty((h, w), np.float32)
@@ -245,19 +301,21 @@ def aggregate(
     out_hw: Sequence[int],
     threshold: float | None = None,
     mode: str = DEFAULT_MODE,
-    blur: Blur | None = None,
+    smoothing: Smoothing = None,
+    use: LevelSet = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Anomaly map (H, W) float32 and mask (H, W) uint8 0/1 (None without a threshold).
 
     maps: the raw per-level 2-D maps of one image, res1 (finest) first.
-    blur: (kernel, sigma) per level for ``reference`` mode, res1 first.
+    smoothing: "official" (None), "none", or (kernel, sigma) per level, res1 first.
+    use: indices of the levels in the product (None: all).
     """
     if _check_mode(mode) == "fused":
-        amap = fused_map(maps, out_hw)
+        amap = fused_map(maps, out_hw, smoothing, use)
     else:
-        levels = _as_levels(maps)
+        finest, levels, pairs = _setting(_as_levels(maps), smoothing, use)
         h, w = _out_size(out_hw)
-        small = _reference_small([m[None] for m in levels], check_blur(blur, len(levels)))[2][0]
+        small = _reference_small([m[None] for m in levels], pairs, finest)[2][0]
         amap = resize_bilinear(
             small, (h, w), True, out=np.empty((h, w), np.float32), scratch=_scratch((h, w))
         )

@@ -196,6 +196,10 @@ def build_engine(
     optimization_level: int | None = typer.Option(
         None, "--optimization-level", help="Builder optimisation 0-5 (lower builds faster)."
     ),
+    compute_capability: str | None = typer.Option(
+        None, "--compute-capability", help="TensorRT-RTX: target GPUs, e.g. 7.5 or 8.6,8.9 "
+        "(default: 8.6/8.9/12.0, or this GPU's when not covered)."
+    ),
 ) -> None:
     """Build a TensorRT engine and its sidecar OUT.json (never imports torch)."""
     from edgeas.export.engine import BuildOptions, build_engine_command
@@ -213,6 +217,7 @@ def build_engine(
         calib_images=calib_images,
         calib_cache=calib_cache,
         calib_num=calib_num,
+        compute_capability=compute_capability,
     )
     build_engine_command(onnx, output, options, tensorrt)
 
@@ -303,7 +308,7 @@ def doctor(
         None, "--events-dir", help="Events folder to check (default: the station file's, ./events)."
     ),
 ) -> None:
-    """Report Python, extras, torch/CUDA, TensorRT, pycuda, ONNX Runtime, OpenCV, GPU, Jetson."""
+    """Report Python, extras, torch, TensorRT, the CUDA layer, ONNX Runtime, OpenCV, GPU, Jetson."""
     from edgeas.doctor import doctor_command
 
     raise typer.Exit(doctor_command(for_, as_json, config, events_dir))

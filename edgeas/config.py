@@ -21,7 +21,11 @@ from edgeas.errors import ConfigError
 from edgeas.postprocess import (
     DEFAULT_MODE,
     DEFAULT_POLICY,
+    DEFAULT_SMOOTHING,
+    LEVEL_NAMES,
     aggregation_mode,
+    check_levels,
+    check_smoothing,
     check_threshold_setting,
 )
 
@@ -94,6 +98,9 @@ class TrainConfig:
 @dataclass
 class AggregationConfig:
     mode: str = DEFAULT_MODE  # an entry of edgeas.postprocess.AGGREGATION_MODES
+    # official | none | [[kernel, sigma] per level, res1 first] (edgeas.postprocess)
+    smoothing: str | list[list[float]] = DEFAULT_SMOOTHING
+    levels: list[str] | None = None  # the levels multiplied (None: all, res1..res4)
 
 
 @dataclass
@@ -381,6 +388,9 @@ def validate(cfg: EdgeasConfig, source: str) -> None:
             )
     # through the post-processing registries: a bad parameter fails here, at load time
     aggregation_mode(cfg.aggregation.mode, f"{source}: aggregation.mode")
+    check_smoothing(cfg.aggregation.smoothing, len(LEVEL_NAMES),
+                    f"{source}: aggregation.smoothing")
+    check_levels(cfg.aggregation.levels, LEVEL_NAMES, f"{source}: aggregation.levels")
     check_threshold_setting(cfg.threshold.policy, cfg.threshold.param, source,
                             cfg.threshold.margin)
     if cfg.threshold.min_area < 0:

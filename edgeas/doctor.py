@@ -41,13 +41,15 @@ def _installs(jetson: bool) -> dict[str, str]:
         return base | {
             "tensorrt": "sudo apt-get install python3-libnvinfer, used from a venv made with "
             "--system-site-packages (sudo jetson/install.sh does both)",
-            "pycuda": "sudo jetson/install.sh (builds pycuda against JetPack's CUDA)",
+            "pycuda": "sudo jetson/install.sh (builds pycuda against JetPack's CUDA), or "
+            "pip install cuda-python",
             "video": "sudo apt-get install nvidia-opencv, then pip uninstall "
             "opencv-python-headless in the venv (jetson/install.sh does both)",
         }
     return base | {
         "tensorrt": "pip install tensorrt (NVIDIA GPU), or pip install tensorrt-rtx (RTX GPU)",
-        "pycuda": "pip install pycuda (needs the CUDA toolkit and an NVIDIA driver)",
+        "pycuda": "pip install pycuda (needs the CUDA toolkit and an NVIDIA driver), or "
+        "pip install cuda-python (NVIDIA's bindings; no toolkit needed)",
         "video": "use an OpenCV built with GStreamer, e.g. the distribution's python3-opencv "
         "from a venv made with --system-site-packages",
     }
@@ -92,17 +94,19 @@ def _stream_needs(report: Info, station: Info, need: Callable[..., None]) -> Non
     model = str(station.get("model") or "")
     kind = "engine" if model.endswith((".engine", ".plan")) else "onnx" if model else None
     trt_ok = bool(report["tensorrt"]["build_path"] or report["tensorrt_rtx"]["build_path"])
-    pycuda = report["pycuda"]
-    cuda_ok = pycuda["version"] is not None and not pycuda.get("error")
+    layer = report.get("cuda_layer")  # pycuda, else cuda-python (edgeas.cuda.open_cuda)
+    cuda = report[layer.replace("-", "_")] if layer else {}
+    cuda_ok = layer is not None and not cuda.get("error")
     onnx_ok = report["onnxruntime"]["version"] is not None
     if kind == "engine" or (kind is None and not (trt_ok and cuda_ok) and not onnx_ok):
         alt = "" if kind else " (or onnxruntime for an ONNX model)"
         if not trt_ok:
             need("tensorrt", f"engines run on TensorRT{alt}", "tensorrt")
-        if pycuda["version"] is None:
-            need("pycuda", f"the engine runner feeds the GPU with pycuda{alt}", "pycuda")
+        if layer is None:
+            need("pycuda or cuda-python",
+                 f"the engine runner feeds the GPU through one of them{alt}", "pycuda")
         elif not cuda_ok:
-            need("access to the GPU", f"pycuda cannot use it: {pycuda['error']}", "rights")
+            need("access to the GPU", f"{layer} cannot use it: {cuda['error']}", "rights")
     elif kind == "onnx" and not onnx_ok:
         need("onnxruntime", f"{model} runs on ONNX Runtime", "onnxruntime")
     if model and not Path(model).is_file():
@@ -149,7 +153,12 @@ def _rows(r: Info) -> list[tuple[str, str]]:
     for key, label in (("tensorrt", "TensorRT"), ("tensorrt_rtx", "TensorRT for RTX")):
         path = BUILD_PATHS.get(r[key]["build_path"], "unsupported version")
         rows.append((label, pkg(r[key], f", build path: {path}")))
-    rows.append(("pycuda", pkg(r["pycuda"])))
+    for key, label in (("pycuda", "pycuda"), ("cuda_python", "cuda-python")):
+        err = r[key].get("error") if r[key]["version"] else None
+        rows.append((label, pkg(r[key], f", cannot use a GPU: {err}" if err else "")))
+    layer = r.get("cuda_layer")
+    rows.append(("CUDA layer", f"{layer} (edgeas.cuda: pycuda first, else cuda-python)"
+                 if layer else "none (pip install pycuda, or cuda-python)"))
     rows.append(
         ("ONNX Runtime", pkg(r["onnxruntime"], ", " + ", ".join(r["onnxruntime"]["providers"])))
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from edgeas.record import ModelRecord, Threshold
 
 log = logging.getLogger("edgeas.stream")
+# The level names of every UniAS model (the record's `levels` carries them per model).
+LEVEL_NAMES = ("res1", "res2", "res3", "res4")
 
 
 def _did_you_mean(value: str, names: Any, what: str, where: str | None = None) -> ConfigError:
@@ -166,31 +168,40 @@ def check_threshold_setting(policy: str, param: Any, where: str, margin: Any = N
 
 @dataclass(frozen=True)
 class AggregationMode:
-    """How the per-level maps become one map (protocol.md section 3)."""
+    """How the per-level maps become one map (protocol.md section 3). Every mode computes
+    every setting (smoothing, level set); they differ in where the work is done."""
 
     name: str
     description: str
-    uses_blur: bool  # False: the mode ignores the smoothing setting (today's fused)
 
 
 AGGREGATION_MODES: dict[str, AggregationMode] = {
     m.name: m
     for m in (
-        AggregationMode("reference", "the official code's: resize to the finest level, "
-                        "blur per level, multiply, upsample", uses_blur=True),
-        AggregationMode("fused", "one pass at the output size sampling and multiplying the "
-                        "levels, no blur", uses_blur=False),
+        AggregationMode("reference", "the straightforward implementation (the official "
+                        "code's): resize to the finest level, smooth per level, multiply, "
+                        "upsample"),
+        AggregationMode("fused", "the fast implementation: each level smoothed at its own "
+                        "resolution, then one pass at the output size samples, multiplies "
+                        "and thresholds"),
     )
 }
-# What a config records when it says nothing, and what every trained model records
-# today: the threshold is fitted on maps of this mode and the station runs it.
-DEFAULT_MODE = "reference"
+# How every stage computes the maps unless told otherwise: threshold fitting, eval's
+# deployable figures, the INT8 gate and the station. Equal to `reference` of the same
+# setting up to interpolation error (edgeas.aggregate; measured in eval's aggregation.json).
+DEFAULT_MODE = "fused"
 
-# Smoothing settings: (kernel, sigma) per level, res1 first. `official` = the reference
-# code's (for res4..res1: (3, 1), (5, 5/3), (7, 7/3), (9, 3)).
+# Smoothing settings: (kernel, sigma) per level, res1 first, applied at the finest level's
+# resolution. `official` = the reference code's (for res4..res1: (3, 1), (5, 5/3),
+# (7, 7/3), (9, 3)); `none` = no smoothing (an empty list in the metadata).
 OFFICIAL_BLUR: tuple[tuple[int, float], ...] = ((9, 3.0), (7, 7.0 / 3.0), (5, 5.0 / 3.0),
                                                  (3, 1.0))
-SMOOTHINGS: dict[str, tuple[tuple[int, float], ...]] = {"official": OFFICIAL_BLUR}
+SMOOTHINGS: dict[str, tuple[tuple[int, float], ...]] = {"official": OFFICIAL_BLUR, "none": ()}
+# What a config that names no smoothing trains with (the README's Aggregation section has
+# the measurements behind the choice).
+DEFAULT_SMOOTHING = "official"
+
+Smoothing = tuple[tuple[int, float], ...]
 
 
 def aggregation_mode(name: str, where: str | None = None) -> AggregationMode:
@@ -199,18 +210,60 @@ def aggregation_mode(name: str, where: str | None = None) -> AggregationMode:
     return AGGREGATION_MODES[name]
 
 
-def check_blur(blur: Any, n_levels: int) -> list[tuple[int, float]]:
-    """(kernel, sigma) pairs, one per level; None = the official smoothing."""
-    blur = OFFICIAL_BLUR if blur is None else blur
-    pairs = [(int(k), float(s)) for k, s in blur]
-    if len(pairs) != n_levels:
-        raise ConfigError(
-            f"blur has {len(pairs)} (kernel, sigma) pairs but there are {n_levels} levels"
-        )
+def check_smoothing(smoothing: Any, n_levels: int, where: str = "smoothing") -> Smoothing:
+    """(kernel, sigma) per level, or () for none. `smoothing`: a name of SMOOTHINGS,
+    None (= official, what every reader assumed before smoothing was a setting), an empty
+    list (= none) or one [kernel, sigma] pair per level."""
+    if smoothing is None:
+        smoothing = "official"
+    if isinstance(smoothing, str):
+        if smoothing not in SMOOTHINGS:
+            raise _did_you_mean(smoothing, SMOOTHINGS, "smoothing", where)
+        pairs = SMOOTHINGS[smoothing]
+        if pairs and len(pairs) != n_levels:
+            raise ConfigError(f"{where}: '{smoothing}' has {len(pairs)} (kernel, sigma) pairs "
+                              f"but the model has {n_levels} levels",
+                              hint="give one [kernel, sigma] pair per level")
+        return pairs
+    try:
+        pairs = tuple((int(k), float(s)) for k, s in smoothing)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where} must be official, none or [[kernel, sigma], ...] (one per "
+                          f"level), got {smoothing!r}") from exc
+    if pairs and len(pairs) != n_levels:
+        raise ConfigError(f"{where} has {len(pairs)} (kernel, sigma) pairs but there are "
+                          f"{n_levels} levels")
     for k, s in pairs:
-        if k < 1 or k % 2 == 0 or not s > 0:
-            raise ConfigError(f"invalid blur (kernel={k}, sigma={s})", hint="odd kernel, sigma > 0")
+        if k < 1 or k % 2 == 0 or not (s > 0 and math.isfinite(s)):
+            raise ConfigError(f"{where}: invalid (kernel={k}, sigma={s})",
+                              hint="odd kernel >= 1, sigma > 0")
     return pairs
+
+
+def smoothing_name(pairs: Smoothing) -> str:
+    """'official', 'none', or the pairs written out (for tables and messages)."""
+    for name, known in SMOOTHINGS.items():
+        if tuple(pairs) == known:
+            return name
+    return "[" + ", ".join(f"({k}, {s:g})" for k, s in pairs) + "]"
+
+
+def check_levels(levels: Any, names: Sequence[str], where: str = "aggregation.levels"
+                 ) -> tuple[str, ...]:
+    """The level set of the product: a non-empty subset of the model's level names, in the
+    model's order (None = all of them)."""
+    if levels is None:
+        return tuple(names)
+    if isinstance(levels, str) or not levels:
+        raise ConfigError(f"{where} must be a non-empty list of level names, got {levels!r}",
+                          hint=f"e.g. [{', '.join(names)}]")
+    chosen = [str(v) for v in levels]
+    for v in chosen:
+        if v not in names:
+            raise _did_you_mean(v, names, "level", where)
+    if len(set(chosen)) != len(chosen):
+        raise ConfigError(f"{where} names a level twice: {chosen}")
+    return tuple(n for n in names if n in chosen)
 
 
 # --------------------------------------------------------------------------- records
@@ -249,15 +302,18 @@ def make_threshold(value: float | None, policy: str, param: Any, mode: str,
 
 
 def postprocessing(mode: str, threshold: Threshold, min_area: int = 0,
-                   blur: Any = None):
-    """The record's post-processing section for a config's choices."""
+                   smoothing: Any = None, levels: Any = None,
+                   level_names: Sequence[str] = LEVEL_NAMES):
+    """The record's post-processing section for a config's choices (`level_names`: the
+    model's levels, res1 first)."""
     from edgeas.record import Aggregation, PostProcessing
 
     aggregation_mode(mode, "aggregation.mode")
     if int(min_area) < 0:
         raise ConfigError(f"min_area must be >= 0, got {min_area}")
-    pairs = tuple(check_blur(blur, len(OFFICIAL_BLUR)))
-    return PostProcessing(Aggregation(mode, pairs), threshold, int(min_area))
+    pairs = check_smoothing(smoothing, len(level_names), "aggregation.smoothing")
+    chosen = check_levels(levels, level_names)
+    return PostProcessing(Aggregation(mode, pairs, chosen), threshold, int(min_area))
 
 
 # --------------------------------------------------------------------------- the runtime's view
@@ -271,7 +327,8 @@ class Settings:
     threshold_origin: str
     min_area: int
     mode: str
-    blur: list[tuple[int, float]] | None = None
+    smoothing: Smoothing = OFFICIAL_BLUR  # the record's setting: (kernel, sigma) per level
+    levels: tuple[int, ...] | None = None  # indices of the levels in the product (None: all)
 
 
 def check_class(record: ModelRecord, cls: str, model: str = "the model") -> str:
@@ -334,7 +391,31 @@ def resolve(record: ModelRecord, threshold: float | None = None, min_area: int |
             log.warning("the threshold was fitted with min_area %d but the stream uses %d; "
                         "the false-NG rate will differ (refit with `edgeas threshold fit "
                         "--min-area %d`)", fitted.min_area, area, area)
-    return Settings(tau, origin, area, mode, [tuple(b) for b in record.aggregation.blur])
+    agg = record.aggregation
+    return Settings(tau, origin, area, mode, agg.blur,
+                    level_indices(agg.levels, record.model.level_names))
+
+
+def record_setting(record: ModelRecord, mode: str | None = None
+                   ) -> tuple[str, Smoothing, tuple[int, ...] | None]:
+    """(mode, smoothing, level indices) of the record's aggregation, as
+    `edgeas.aggregate.aggregate_batch` takes them; `mode` overrides the record's."""
+    agg = record.aggregation
+    return (mode or agg.mode, agg.blur, level_indices(agg.levels, record.model.level_names))
+
+
+def config_setting(aggregation: Any, names: Sequence[str] = LEVEL_NAMES
+                   ) -> tuple[Smoothing, tuple[int, ...] | None]:
+    """(smoothing pairs, level indices or None) of a config's `aggregation` section."""
+    pairs = check_smoothing(aggregation.smoothing, len(names), "aggregation.smoothing")
+    return pairs, level_indices(check_levels(aggregation.levels, names), names)
+
+
+def level_indices(chosen: Sequence[str], names: Sequence[str]) -> tuple[int, ...] | None:
+    """Indices (into the model's levels) of the product's levels; None when all are used."""
+    if tuple(chosen) == tuple(names) or not chosen:
+        return None
+    return tuple(i for i, n in enumerate(names) if n in chosen)
 
 
 def describe_registries() -> Mapping[str, Any]:

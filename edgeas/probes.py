@@ -161,6 +161,34 @@ def probe_pycuda(load: Loader) -> Info:
     return info
 
 
+def probe_cuda_python(load: Loader) -> Info:
+    """NVIDIA's cuda-python (cuda.bindings): edgeas's CUDA layer where pycuda is missing."""
+    driver, err = load("cuda.bindings.driver")
+    if driver is None:
+        return {"version": None, "error": err}
+    info: Info = {"version": _version(sys.modules.get("cuda.bindings", driver))}
+    try:  # each call returns (status, value...); status 0 is CUDA_SUCCESS
+        status = driver.cuInit(0)[0]
+        if int(status):
+            raise RuntimeError(f"cuInit: {status}")
+        status, count = driver.cuDeviceGetCount()
+        if int(status) == 0 and count:
+            _, dev = driver.cuDeviceGet(0)
+            _, name = driver.cuDeviceGetName(256, dev)
+            info["gpu"] = bytes(name).split(b"\x00", 1)[0].decode(errors="replace").strip()
+    except Exception as exc:  # no driver library (cuda.pathfinder raises) or no device
+        info["error"] = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+    return info
+
+
+def cuda_layer(report: Info) -> str | None:
+    """What edgeas.cuda.open_cuda would use: pycuda first, else cuda-python, else None."""
+    for key, name in (("pycuda", "pycuda"), ("cuda_python", "cuda-python")):
+        if report[key]["version"] is not None:
+            return name
+    return None
+
+
 def probe_onnxruntime(load: Loader) -> Info:
     ort, err = load("onnxruntime")
     if ort is None:
@@ -257,9 +285,9 @@ def probe_gpu(run: Runner, report: Info) -> Info | None:
     if out and out.strip():
         name, _, cc = out.strip().splitlines()[0].rpartition(",")
         return {"name": name.strip(), "compute_capability": cc.strip(), "source": "nvidia-smi"}
-    for key in ("torch", "pycuda"):
+    for key in ("torch", "pycuda", "cuda_python"):
         if report[key].get("gpu"):
-            cc = report[key]["compute_capability"]
+            cc = report[key].get("compute_capability")
             return {"name": report[key]["gpu"], "compute_capability": cc, "source": key}
     if report["jetson"]:  # integrated GPU; torch or pycuda would name it
         return {"name": "Jetson integrated GPU", "compute_capability": None, "source": "jetson"}
@@ -298,10 +326,12 @@ def collect(
         "tensorrt": probe_tensorrt(load, "tensorrt"),
         "tensorrt_rtx": probe_tensorrt(load, "tensorrt_rtx"),
         "pycuda": probe_pycuda(load),
+        "cuda_python": probe_cuda_python(load),
         "onnxruntime": probe_onnxruntime(load),
         "opencv": probe_opencv(load),
         "jetson": probe_jetson(root, run),
     }
+    report["cuda_layer"] = cuda_layer(report)
     report["gpu"] = probe_gpu(run, report)
     report["events"] = probe_events(events_dir, budget_mb)
     return report

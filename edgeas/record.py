@@ -4,7 +4,8 @@ A `ModelRecord` is frozen and typed. Its sections:
 - `model`: preset, backbone, the levels (name, stride, output tensor), classes and
   the data fingerprint;
 - `preprocessing`: the recipe (`edgeas.preprocess.Recipe`);
-- `postprocess`: aggregation (mode, per-level blur), threshold, min_area;
+- `postprocess`: aggregation (mode, per-level smoothing `blur`, level set), threshold,
+  min_area;
 - `precision` of the artifact, and one entry per stage that made it: `train`,
   `export`, `calibration`, `engine` (each a read-only mapping of what that stage did).
 
@@ -117,8 +118,12 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class Aggregation:
+    """The setting (what is computed: smoothing and level set, then the product) and the
+    mode (how: `reference` or `fused`, equal up to interpolation error)."""
+
     mode: str  # how it is computed: an entry of edgeas.postprocess.AGGREGATION_MODES
-    blur: tuple[tuple[int, float], ...]  # (kernel, sigma) per level, res1 first
+    blur: tuple[tuple[int, float], ...]  # (kernel, sigma) per level, res1 first; () = none
+    levels: tuple[str, ...] = ()  # names of the levels multiplied; () = every level
 
 
 @dataclass(frozen=True)
@@ -228,7 +233,8 @@ class ModelRecord:
             levels=[{"name": lv.name, "stride": lv.stride, "output": lv.output}
                     for lv in m.levels],
             aggregation={"mode": post.aggregation.mode,
-                         "blur": [[k, s] for k, s in post.aggregation.blur]},
+                         "blur": [[k, s] for k, s in post.aggregation.blur],
+                         "levels": list(post.aggregation.levels or m.level_names)},
             threshold=post.threshold.to_json(),
             min_area=post.min_area,
             classes=list(m.classes),

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from edgeas import postprocess as pp
-from edgeas.errors import ArtifactError
+from edgeas.errors import ArtifactError, ConfigError
 from edgeas.preprocess import Recipe
 from edgeas.record import (
     CORE_KEYS,
@@ -77,25 +77,24 @@ def _recipe(data: Mapping[str, Any], source: str) -> Recipe:
         raise ArtifactError(f"{source}: {exc.message}", hint=exc.hint) from exc
 
 
-def _aggregation(value: Any, n_levels: int, source: str) -> Aggregation:
+def _aggregation(value: Any, levels: tuple[Level, ...], schema: int,
+                 source: str) -> Aggregation:
     if not isinstance(value, Mapping):
         raise _fail(source, f"key 'aggregation' must be an object, got {value!r}")
-    mode = _member(value.get("mode") or pp.DEFAULT_MODE, pp.AGGREGATION_MODES,
+    # a record that names no mode was made when `reference` was every stage's mode
+    mode = _member(value.get("mode") or "reference", pp.AGGREGATION_MODES,
                    "aggregation.mode", source)
     raw = value.get("blur")
-    # schema 1: a null or empty blur meant the official smoothing in every reader
-    if not raw:
-        blur = pp.OFFICIAL_BLUR
-    else:
-        try:
-            blur = tuple((int(k), float(s)) for k, s in raw)
-        except (TypeError, ValueError) as exc:
-            raise _fail(source, f"aggregation.blur must be [[kernel, sigma], ...], got {raw!r}"
-                        ) from exc
-    if len(blur) != n_levels:
-        raise _fail(source, f"aggregation.blur has {len(blur)} (kernel, sigma) pairs for "
-                            f"{n_levels} levels")
-    return Aggregation(str(mode), blur)
+    names = tuple(lv.name for lv in levels)
+    try:
+        # schema 1: a null or empty blur meant the official smoothing in every reader;
+        # since schema 2 an empty list is no smoothing (writers always write it out)
+        blur = pp.check_smoothing(None if schema < 2 and not raw else raw, len(names),
+                                  "aggregation.blur")
+        chosen = pp.check_levels(value.get("levels"), names, "aggregation.levels")
+    except ConfigError as exc:
+        raise _fail(source, f"has a bad {exc.message}") from exc
+    return Aggregation(str(mode), blur, chosen)
 
 
 def _tau(value: Any, source: str, key: str) -> float:
@@ -181,7 +180,7 @@ def parse_record(data: Any, source: str) -> ModelRecord:
     if missing:
         raise ArtifactError(f"{source}: edgeas metadata lacks {', '.join(missing)}")
     levels = _levels(data["levels"], source)
-    aggregation = _aggregation(data["aggregation"], len(levels), source)
+    aggregation = _aggregation(data["aggregation"], levels, schema, source)
     classes = data["classes"]
     if not isinstance(classes, list):
         raise _fail(source, f"key 'classes' must be a list, got {classes!r}")

@@ -143,15 +143,17 @@ def _levels_from_checkpoint(path: Path, record: ModelRecord,
 
 def normal_maps(path: Path, record: ModelRecord, files: list[Path],
                 device: str = "auto") -> np.ndarray:
-    """(N, H, W) maps of the images in the record's aggregation mode at model size."""
+    """(N, H, W) maps of the images in the record's aggregation (setting and mode) at
+    model size."""
     from edgeas.aggregate import aggregate_batch
 
     if path.suffix.lower() in CHECKPOINT_SUFFIXES:
         levels = _levels_from_checkpoint(path, record, files)
     else:
         levels = _levels_from_backend(path, record, files, device)
-    agg = record.aggregation
-    return aggregate_batch(levels, record.preprocessing.input_size, agg.mode, agg.blur)
+    from edgeas.postprocess import record_setting
+
+    return aggregate_batch(levels, record.preprocessing.input_size, *record_setting(record))
 
 
 # --------------------------------------------------------------------------- the new record

@@ -20,8 +20,9 @@ from rich.console import Console
 
 from edgeas.artifacts import read_onnx_record, sha256_file, sidecar_path
 from edgeas.errors import ConfigError, DependencyError, require
-from edgeas.export import trt_build
-from edgeas.export.trt_build import BuildOptions, Flavour, GpuInfo
+from edgeas.export import trt_build, trt_config
+from edgeas.export.trt_build import Flavour, GpuInfo
+from edgeas.export.trt_config import BuildOptions
 from edgeas.fileio import atomic_write_bytes, atomic_write_text
 from edgeas.record import ModelRecord
 
@@ -204,24 +205,33 @@ def build_engine(
     parsed = trt_build.parse_onnx(flavour, prepared.source, logger, str(onnx_path))
     profile = trt_build.batch_profile(parsed.network, options.min_batch, options.opt_batch,
                                       options.max_batch, str(onnx_path))
-    calibrator, calibration, cache = _calibration(flavour, options, record, parsed, output,
-                                                  onnx_sha, prepared.precision)
     names = None
     if prepared.precision == "fp16" and not flavour.strongly_typed:
         names = _fp32_layer_names(onnx_path)
-    config, applied = trt_build.make_config(flavour, parsed, options, prepared.precision,
-                                            profile, calibrator, names)
-    if prepared.precision == "fp16" and not flavour.strongly_typed and names is None:
-        applied["fp32_layers"] = "not pinned (the onnx package is missing)"
-    start = time.perf_counter()
+    # before the calibrator and the config: what the DLA cannot build is a one-line error
+    trt_config.check_dla(flavour, parsed, options, prepared.precision, profile, names)
+    calibrator, calibration, cache = _calibration(flavour, options, record, parsed, output,
+                                                  onnx_sha, prepared.precision)
+    # From here the calibrator holds the CUDA primary context pushed on this thread (its
+    # device input, until close()): whatever fails next, a config error included, must
+    # pop it, or pycuda's context-stack check aborts the process at exit (exit 134).
     try:
+        config, applied = trt_config.make_config(flavour, parsed, options, prepared.precision,
+                                                 profile, calibrator, names, gpu)
+        start = time.perf_counter()
         engine = trt_build.build(flavour, parsed, config, str(onnx_path))
+        seconds = time.perf_counter() - start
     finally:
         if calibrator is not None:
             calibrator.close()
-    seconds = time.perf_counter() - start
-    if options.timing_cache is not None:
-        trt_build.save_timing_cache(config, Path(options.timing_cache))
+    if prepared.precision == "fp16" and not flavour.strongly_typed and names is None:
+        applied["fp32_layers"] = "not pinned (the onnx package is missing)"
+    if options.compute_capability is None and applied.get("compute_capabilities"):
+        console.print(f"note: built for compute capability {gpu.compute_capability} only (this "
+                      "GPU; TensorRT-RTX's portable default does not cover it)")
+    timing = applied.get("timing_cache")
+    if timing and timing.get("note"):
+        console.print(f"note: timing cache {timing['file']}: {timing['note']}")
     if cache is not None:
         calibration["cache_reused"] = cache.reused
     engine_stage = {
@@ -243,6 +253,8 @@ def build_engine(
     }
     sidecar = record.with_stage("engine", engine_stage, precision=prepared.precision).to_json()
     save(output, engine, sidecar)
+    if options.timing_cache is not None:  # the engine first: it is what the build was for
+        trt_config.save_timing_cache(config, Path(options.timing_cache))
     return sidecar
 
 

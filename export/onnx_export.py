@@ -113,8 +113,11 @@ def export_model(
     if batch is not None and batch < 1:
         raise ConfigError(f"--batch must be >= 1, got {batch}")
     model.eval()
-    blur = list(record.aggregation.blur)
-    graph = ExportGraph(model, with_map, blur).eval()
+    from edgeas.postprocess import level_indices
+
+    agg = record.aggregation
+    blur, use = list(agg.blur), level_indices(agg.levels, record.model.level_names)
+    graph = ExportGraph(model, with_map, blur, use).eval()
     # A batch of 2 to trace a dynamic graph: tracing with 1 invites broadcasting
     # shortcuts that only hold for one image.
     n = batch or 2
@@ -122,7 +125,7 @@ def export_model(
     raw = torch_to_onnx(graph, torch.from_numpy(x[:n].copy()), opset, dynamic=batch is None)
     cleaned, stats = onnx_graph.clean_model(raw)
 
-    want = reference_outputs(model, x, with_map, blur)
+    want = reference_outputs(model, x, with_map, blur, use)
     got = ort.run(ort.open_session(cleaned.SerializeToString(), extra="export"), x)
     parity = {name: ort.relative_error(got[name], want[name]) for name in want}
     bad = {k: v for k, v in parity.items() if not v <= FP32_TOLERANCE}

@@ -63,29 +63,37 @@ class ReferenceAggregation(nn.Module):
         level_sizes: Sequence[tuple[int, int]],
         out_hw: tuple[int, int],
         blur: Sequence[Sequence[float]],
+        use: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        if len(blur) != len(level_sizes):
+        if blur and len(blur) != len(level_sizes):
             raise ValueError(f"{len(blur)} blur pairs for {len(level_sizes)} levels")
         self.finest = tuple(int(v) for v in level_sizes[0])
         self.out_hw = tuple(int(v) for v in out_hw)
-        self.pads = [int(k) // 2 for k, _ in blur]
-        for i, (k, s) in enumerate(blur):
+        # the level set: the product runs over these (finest first); () blur = no smoothing
+        self.use = sorted(use) if use is not None else list(range(len(level_sizes)))
+        self.pads = {i: int(blur[i][0]) // 2 for i in self.use} if blur else {}
+        for i in self.pads:
+            k, s = blur[i]
             g = torch.from_numpy(gaussian_kernel1d(int(k), float(s)).astype(np.float32))
             self.register_buffer(f"gh{i}", g.view(1, 1, 1, -1).clone())
             self.register_buffer(f"gv{i}", g.view(1, 1, -1, 1).clone())
-        n = len(level_sizes)
-        self.order = [0, *range(n - 1, 0, -1)]  # the product order is part of the contract
+        # the product order is part of the contract: the finest chosen level, then the
+        # others coarse to fine (all four: ((res1 * res4) * res3) * res2)
+        self.order = [self.use[0], *reversed(self.use[1:])]
 
     def forward(self, dists: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        post = []
-        for i, d in enumerate(dists):
-            if i > 0:  # the official code leaves res1 as it is
+        post = {}
+        for i in self.use:
+            d = dists[i]
+            if tuple(d.shape[-2:]) != self.finest:  # the official code leaves res1 as it is
                 d = F.interpolate(d, size=self.finest, mode="bilinear", align_corners=False)
-            p = self.pads[i]
-            d = F.pad(d, (p, p, p, p), mode="reflect")
-            d = F.conv2d(d, getattr(self, f"gh{i}"))
-            post.append(F.conv2d(d, getattr(self, f"gv{i}")))
+            if i in self.pads:
+                p = self.pads[i]
+                d = F.pad(d, (p, p, p, p), mode="reflect")
+                d = F.conv2d(d, getattr(self, f"gh{i}"))
+                d = F.conv2d(d, getattr(self, f"gv{i}"))
+            post[i] = d
         product = post[self.order[0]]
         for i in self.order[1:]:
             product = product * post[i]
@@ -96,7 +104,8 @@ class ReferenceAggregation(nn.Module):
 class ExportGraph(nn.Module):
     """image (N,3,H,W) -> dist_res1..4 (N,1,h,w) [, anomaly_map (N,1,H,W), score (N,)]."""
 
-    def __init__(self, model: nn.Module, with_map: bool, blur: Sequence | None = None) -> None:
+    def __init__(self, model: nn.Module, with_map: bool, blur: Sequence | None = None,
+                 use: Sequence[int] | None = None) -> None:
         super().__init__()
         self.model = model.eval()
         decoder = model.decoder
@@ -107,7 +116,8 @@ class ExportGraph(nn.Module):
             sizes = [(h // s, w // s) for s in model.backbone.strides]
             from edgeas.postprocess import OFFICIAL_BLUR
 
-            self.post = ReferenceAggregation(sizes, (h, w), blur or OFFICIAL_BLUR)
+            self.post = ReferenceAggregation(sizes, (h, w),
+                                             OFFICIAL_BLUR if blur is None else blur, use)
 
     @property
     def output_names(self) -> list[str]:
@@ -128,7 +138,8 @@ class ExportGraph(nn.Module):
 
 
 def reference_outputs(
-    model: nn.Module, images: np.ndarray, with_map: bool, blur: Sequence | None = None
+    model: nn.Module, images: np.ndarray, with_map: bool, blur: Sequence | None = None,
+    use: Sequence[int] | None = None,
 ) -> dict[str, np.ndarray]:
     """What the exported graph must reproduce, computed with the unmodified `model(image)`."""
     model.eval()
@@ -141,6 +152,7 @@ def reference_outputs(
             from edgeas.postprocess import OFFICIAL_BLUR
 
             sizes = [(h // s, w // s) for s in model.backbone.strides]
-            amap, score = ReferenceAggregation(sizes, (h, w), blur or OFFICIAL_BLUR)(dists)
+            amap, score = ReferenceAggregation(sizes, (h, w),
+                                               OFFICIAL_BLUR if blur is None else blur, use)(dists)
             out.update(anomaly_map=amap.numpy(), score=score.numpy())
     return out

@@ -1,6 +1,6 @@
 """The TensorRT steps of `edgeas build-engine`, each small and separately testable:
 
-detect_flavour -> parse_onnx -> make_config -> build (bytes).
+detect_flavour -> parse_onnx -> make_config (edgeas.export.trt_config) -> build (bytes).
 
 Three flavours share these steps. TensorRT 10 (and 8.x): weakly typed networks,
 precision from builder flags, INT8 from a calibrator or Q/DQ nodes. TensorRT 11
@@ -155,8 +155,10 @@ def parse_onnx(flavour: Flavour, source: Path | bytes, logger, label: str) -> Pa
     creation = trt.NetworkDefinitionCreationFlag
     if flavour.strongly_typed and hasattr(creation, "STRONGLY_TYPED"):
         flags |= 1 << int(creation.STRONGLY_TYPED)
-    if flavour.major < 10 and hasattr(creation, "EXPLICIT_BATCH"):
-        flags |= 1 << int(creation.EXPLICIT_BATCH)  # the default from TensorRT 10 on
+    # TensorRT 8.x needs EXPLICIT_BATCH (the default from 10 on). TensorRT-RTX versions are
+    # 1.x, so `major < 10` held for it too, but there the flag is deprecated and ignored.
+    if flavour.name == "tensorrt" and flavour.major < 10 and hasattr(creation, "EXPLICIT_BATCH"):
+        flags |= 1 << int(creation.EXPLICIT_BATCH)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     ok = parser.parse_from_file(str(source)) if isinstance(source, Path) else parser.parse(source)
@@ -217,22 +219,6 @@ def batch_profile(network, min_b, opt_b, max_b, label: str, default_max: int = 8
     return tuple(tuple([b, *shape[1:]]) for b in (lo, opt, hi))
 
 
-def pin_fp32_layers(trt, network, names: set[str]) -> int:
-    """TensorRT 10 with the FP16 flag: ask for FP32 in the layers named `names` (the
-    ONNX nodes `edgeas.export.fp16` keeps in FP32); the parser names a node's main
-    layer after the node. Returns how many layers were pinned."""
-    floats = {trt.DataType.FLOAT, trt.DataType.HALF}
-    pinned = 0
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        if layer.name in names and layer.num_outputs and layer.get_output_type(0) in floats:
-            layer.precision = trt.DataType.FLOAT
-            for k in range(layer.num_outputs):
-                layer.set_output_type(k, trt.DataType.FLOAT)
-            pinned += 1
-    return pinned
-
-
 def build(flavour: Flavour, parsed: Parsed, config, label: str) -> bytes:
     blob = parsed.builder.build_serialized_network(parsed.network, config)
     data = bytes(memoryview(blob)) if blob is not None else b""
@@ -243,108 +229,3 @@ def build(flavour: Flavour, parsed: Parsed, config, label: str) -> bytes:
             hint="see the TensorRT messages above; --workspace-gb may be too small",
         )
     return data
-
-
-@dataclass
-class BuildOptions:
-    precision: str | None = None  # None: the ONNX's own precision
-    workspace_gb: float = 2.0
-    min_batch: int | None = None
-    opt_batch: int | None = None
-    max_batch: int | None = None
-    timing_cache: Path | None = None
-    dla_core: int | None = None
-    gpu_fallback: bool = False
-    optimization_level: int | None = None
-    calib_images: Path | None = None
-    calib_cache: Path | None = None
-    calib_num: int = 256
-    calib_batch: int = 8
-
-
-def make_config(
-    flavour: Flavour,
-    parsed: Parsed,
-    options: BuildOptions,
-    precision: str,
-    profile,
-    calibrator=None,
-    fp32_names: set[str] | None = None,
-):
-    """The builder config; returns (config, what was applied) for the sidecar."""
-    trt = flavour.trt
-    config = parsed.builder.create_builder_config()
-    if not options.workspace_gb > 0:
-        raise ConfigError(f"--workspace-gb must be > 0, got {options.workspace_gb}")
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gb * 2**30))
-    applied: dict[str, Any] = {"workspace_gb": options.workspace_gb, "flags": [],
-                               "strongly_typed": flavour.strongly_typed}
-    if options.optimization_level is not None:
-        if not 0 <= options.optimization_level <= 5:
-            raise ConfigError(
-                f"--optimization-level must be 0..5, got {options.optimization_level}"
-            )
-        config.builder_optimization_level = options.optimization_level
-        applied["optimization_level"] = options.optimization_level
-    if profile is not None:
-        opt_profile = parsed.builder.create_optimization_profile()
-        opt_profile.set_shape(parsed.network.get_input(0).name, *profile)
-        config.add_optimization_profile(opt_profile)
-        applied["batch"] = {"min": profile[0][0], "opt": profile[1][0], "max": profile[2][0]}
-
-    def flag(name: str) -> None:
-        config.set_flag(getattr(trt.BuilderFlag, name))
-        applied["flags"].append(name)
-
-    if not flavour.strongly_typed:
-        if precision in ("fp16", "int8"):
-            flag("FP16")  # INT8 too: layers without INT8 fall back to FP16, not FP32
-        if precision == "int8":
-            flag("INT8")
-            if calibrator is not None:
-                config.int8_calibrator = calibrator
-                if profile is not None:  # calibration runs at one fixed batch
-                    batch = calibrator.get_batch_size()
-                    calib = parsed.builder.create_optimization_profile()
-                    shape = (batch, *profile[0][1:])
-                    calib.set_shape(parsed.network.get_input(0).name, shape, shape, shape)
-                    config.set_calibration_profile(calib)
-        if precision == "fp16" and fp32_names:
-            applied["fp32_layers"] = pin_fp32_layers(trt, parsed.network, fp32_names)
-            flag("PREFER_PRECISION_CONSTRAINTS")
-    _dla(flavour, parsed, config, options, precision, applied, flag)
-    if options.timing_cache is not None:
-        path = Path(options.timing_cache)
-        cache = config.create_timing_cache(path.read_bytes() if path.is_file() else b"")
-        config.set_timing_cache(cache, False)
-        applied["timing_cache"] = str(path)
-    return config, applied
-
-
-def _dla(flavour, parsed, config, options, precision, applied, flag) -> None:
-    if options.dla_core is None:
-        if options.gpu_fallback:
-            raise ConfigError("--gpu-fallback goes with --dla-core")
-        return
-    trt = flavour.trt
-    if flavour.strongly_typed:
-        raise ConfigError(
-            f"--dla-core needs TensorRT 10 (JetPack 6) with builder flags; {flavour.label} "
-            "has none"
-        )
-    if precision == "fp32":
-        raise ConfigError("the DLA runs FP16 or INT8 only", hint="add --precision fp16")
-    cores = int(parsed.builder.num_DLA_cores)
-    if not 0 <= options.dla_core < cores:
-        raise ConfigError(f"--dla-core {options.dla_core}: this device has {cores} DLA cores")
-    config.default_device_type = trt.DeviceType.DLA
-    config.DLA_core = options.dla_core
-    applied["dla_core"] = options.dla_core
-    if options.gpu_fallback:
-        flag("GPU_FALLBACK")
-
-
-def save_timing_cache(config, path: Path) -> None:
-    from edgeas.fileio import atomic_write_bytes
-
-    atomic_write_bytes(path, bytes(memoryview(config.get_timing_cache().serialize())))

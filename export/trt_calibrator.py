@@ -124,7 +124,7 @@ def make_entropy_calibrator(trt, batches: CalibrationBatches, cache: Calibration
     """An instance of a `trt.IInt8EntropyCalibrator2` subclass feeding `batches`.
 
     `cuda` is the CUDA layer (`open_cuda()` when not given: a DependencyError without
-    pycuda or a GPU). Call `.close()` after the build to free the device buffer.
+    a CUDA layer or a GPU). Call `.close()` after the build to free the device buffer.
     """
     if cuda is None:
         cuda = open_cuda()

@@ -1,7 +1,7 @@
 """edgeas.runtime: the inspection station side (frames -> maps -> decision -> sinks).
 
 Importing this package needs only numpy, OpenCV and PyYAML: ONNX Runtime, TensorRT
-and pycuda are imported lazily by the functions that run them, never here, and torch
+and pycuda/cuda-python are imported lazily by the functions that run them, never here, and torch
 never (a test imports the package with all four blocked).
 """
 

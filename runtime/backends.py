@@ -1,7 +1,7 @@
 """Inference backends behind one small interface, chosen by the model file's suffix.
 
     backend = open_backend("model.onnx")    # ONNX Runtime (CPU; CUDA/TensorRT EPs if present)
-    backend = open_backend("model.engine")  # TensorRT + pycuda (tensorrt_backend.py)
+    backend = open_backend("model.engine")  # TensorRT + edgeas.cuda (tensorrt_backend.py)
     maps = backend.infer(batch)  # float32 (N, 3, H, W) -> 4 x (N, h_i, w_i), res1 first
 
 Metadata (preprocessing, levels, thresholds) always comes from the file itself:

@@ -34,7 +34,7 @@ import numpy as np
 from edgeas.errors import ConfigError, StreamError
 from edgeas.fileio import atomic_write_bytes, atomic_write_text
 from edgeas.runtime.render import mask_to_frame
-from edgeas.runtime.sink import FrameResult, Sink, SinkContext
+from edgeas.runtime.sink import EventStore, FrameResult, Sink, SinkContext
 
 log = logging.getLogger("edgeas.stream")
 LOG_NAME = "events.jsonl"
@@ -47,6 +47,12 @@ class _Stored:
     line: str
     files: tuple[str, ...]
     nbytes: int
+
+
+def event_id(record: dict[str, Any]) -> str:
+    """The id of an event: the stem of its frame's file name (`00000042_20250101T...Z`),
+    unique in its folder; the live page names events by it."""
+    return str(record.get("image", "")).rsplit(".", 1)[0]
 
 
 def utc_now() -> str:
@@ -207,6 +213,8 @@ class EventWriter(Sink):
 
     def open(self, context: SinkContext) -> None:
         self._board = context.recent_events
+        ev = self.events
+        context.event_stores.append(EventStore(ev.dir, ev.budget, lambda: ev.total_bytes))
 
     def on_event(self, result: FrameResult) -> None:
         self.submit(result.index, result.frame, result.mask, result.score, result.threshold,

@@ -32,18 +32,20 @@ import time
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from edgeas.aggregate import aggregate, clean_and_decide, image_score
 from edgeas.errors import ConfigError, DependencyError, EdgeasError, StreamError
-from edgeas.postprocess import Settings
+from edgeas.postprocess import Settings, smoothing_name
 from edgeas.runtime.backends import Backend
 from edgeas.runtime.preprocess import Preprocessor
 from edgeas.runtime.render import boxes_to_frame, render
-from edgeas.runtime.sink import Fanout, FrameResult, Sink, SinkContext
-from edgeas.runtime.sources import Source
+from edgeas.runtime.sink import Fanout, FrameResult, Sink, SinkContext, SourceInfo
+from edgeas.runtime.sources import Source, redact
 from edgeas.runtime.stats import RollingRate, StageStats, format_stages
 
 log = logging.getLogger("edgeas.stream")
@@ -171,9 +173,10 @@ class Pipeline:
 
     def _post(self, inp: queue.Queue) -> None:
         try:
-            self.sinks.open(SinkContext(self.source.spec.uri, self.source.live,
-                                        self.source.fps, self.model_label,
-                                        self.settings.threshold))
+            src = self.source
+            self.sinks.open(SinkContext(src.spec.uri, src.live, src.fps, self.model_label,
+                                        self.settings.threshold, station=self.station(),
+                                        sources=(source_info(src),)))
             while (got := inp.get()) is not _END:
                 if self.errors:
                     continue
@@ -197,18 +200,27 @@ class Pipeline:
         t0 = time.perf_counter()
         model_hw = self.pre.input_hw
         if self._gpu_agg is not None:
-            amap, mask = self._gpu_agg(maps, model_hw, s.threshold)
+            amap, mask = self._gpu_agg(maps, model_hw, s.threshold, s.smoothing, s.levels)
         else:
-            amap, mask = aggregate(maps, model_hw, s.threshold, s.mode, s.blur)
+            amap, mask = aggregate(maps, model_hw, s.threshold, s.mode, s.smoothing, s.levels)
         score = image_score(amap)
-        mask, is_ng, regions = clean_and_decide(mask, s.min_area)
-        regions = boxes_to_frame(regions, model_hw, frame.shape[:2])
+        mask, is_ng, model_regions = clean_and_decide(mask, s.min_area)
+        regions = boxes_to_frame(model_regions, model_hw, frame.shape[:2])
         t1 = time.perf_counter()
         self.stats.add("aggregate", t1 - t0)
         fps = self.rate.rate()
         shown = None
-        if self.render or self.sinks.needs_render:
-            shown = render(frame, amap, mask, regions, is_ng, score, s.threshold,
+        wanted, width = self.sinks.render_request()
+        if self.render or wanted:
+            # drawn on the frame scaled to the widest width the sinks use (the live page
+            # alone: <= 1280 px), at the frame's own size for a recording or a window
+            canvas, boxes = frame, regions
+            if width is not None and not self.render and frame.shape[1] > width:
+                canvas = cv2.resize(frame, (width, max(1, round(frame.shape[0] * width
+                                                               / frame.shape[1]))),
+                                    interpolation=cv2.INTER_AREA)
+                boxes = boxes_to_frame(model_regions, model_hw, canvas.shape[:2])
+            shown = render(canvas, amap, mask, boxes, is_ng, score, s.threshold,
                            f"{fps:.1f} FPS" if fps else "")
         t2 = time.perf_counter()
         if shown is not None:
@@ -228,6 +240,27 @@ class Pipeline:
         # the status after the sinks: end-to-end latency and the rate with this frame in it
         self.last = dict(result.status(), latency_ms=latency * 1e3, fps=self.rate.rate())
         return keep
+
+    def station(self) -> dict[str, Any]:
+        """What the station is set to, for the operator (the live page's settings)."""
+        s, desc = self.settings, self.backend.describe()
+        record = getattr(self.backend, "record", None)  # stand-in backends of tests have none
+        fitted = record.threshold if record is not None else None
+        names = record.model.level_names if record is not None else ()
+        levels = [names[i] for i in s.levels] if s.levels is not None and names else "all"
+        return {
+            "model": self.model_label, "preset": desc.get("preset"),
+            "precision": desc.get("precision"), "backend": desc.get("backend"),
+            "device": desc.get("device"), "input_size": desc.get("input_size"),
+            "threshold": {"value": s.threshold, "origin": s.threshold_origin,
+                          "overridden": s.threshold_origin == "override",
+                          "policy": fitted.policy if fitted else None,
+                          "param": fitted.param if fitted else None,
+                          "fitted": fitted.value if fitted else None},
+            "min_area": s.min_area,
+            "aggregation": {"mode": s.mode + (" (gpu)" if self._gpu_agg else ""),
+                            "smoothing": smoothing_name(s.smoothing), "levels": levels},
+        }
 
     # ------------------------------------------------------------------ run
 
@@ -276,6 +309,15 @@ class Pipeline:
             "stopped": self.stop.is_set(),
             **self.sinks.summary(),  # what the sinks add: `recording`, `events`
         }
+
+
+def source_info(source: Source) -> SourceInfo:
+    """How the sinks may show a source: a file or folder by its name, a camera by its URI
+    without a password."""
+    spec = source.spec
+    name = Path(spec.target).name if spec.kind in ("file", "folder") else redact(spec.uri)
+    return SourceInfo(name or spec.uri, redact(spec.uri), spec.kind, source.live, source.fps,
+                      source.condition)
 
 
 @contextmanager

@@ -1,43 +1,55 @@
 """`--serve HOST:PORT`: a live page for operators (stdlib HTTP server, no dependencies).
 
-    /             the page: annotated stream, OK/NG, score, FPS, latency, last NG events
-    /stream.mjpg  the annotated stream as MJPEG (multipart/x-mixed-replace)
-    /frame.jpg    the newest annotated frame
-    /status.json  what the page shows, as JSON
+The page (runtime/static/live.html) shows a tile per source, each a picture with its
+verdict above it, the last NG events as thumbnails, and what the station is set to;
+runtime/live_http.py serves it (the routes are listed there).
 
-The pipeline only hands over its newest frame and status (`publish`); JPEG encoding
-happens in the HTTP threads, once per frame however many viewers there are, and only
-when someone is watching. As a sink of the stream (runtime/sink.py) it wants the
-rendered overlay only while someone watches, or once a second so that the first
-viewer sees a recent frame. The default bind is 127.0.0.1: serving the network is an
-explicit choice (0.0.0.0).
+One frame, one verdict: a picture is published together with the record of the frame
+it was drawn from (`publish`), and every JPEG is served with that record in its
+headers. The page asks for each next picture itself (`fetch`; an <img> on the MJPEG
+stream gets frames that carry nothing a page can read), decodes it, then puts the
+picture and its verdict on screen in one task: the header above a picture always
+describes that picture. (It once followed status.json while the picture followed the
+MJPEG stream, and the two described different frames.) The status, polled once a
+second, holds what is not a frame's: rates, settings, the sources' state, events; its
+`shown` is the record of the picture served, `latest` the newest frame decided, which
+may not have been drawn.
+
+Several sources: the status holds a list of them (one today), each with its own
+picture and record (FrameResult.stream says whose a frame is), and the page draws a
+tile per entry. The pipeline only hands over its newest picture and record; JPEG
+encoding happens in the HTTP threads, only when someone is watching. As a sink of the
+stream (runtime/sink.py) it wants the overlay drawn only while someone watches (a page
+waiting for its next picture, or an MJPEG stream open), or once a second so that the
+first viewer sees a recent frame. The default bind is 127.0.0.1: serving the network
+is an explicit choice (0.0.0.0).
 """
 
 from __future__ import annotations
 
-import json
+import datetime
 import logging
 import threading
 import time
-from collections import deque
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from http.server import ThreadingHTTPServer
 from typing import Any
 
-import cv2
 import numpy as np
 
 from edgeas.errors import ConfigError, StreamError
+from edgeas.runtime.events import event_id
+from edgeas.runtime.live_events import EventImages
+from edgeas.runtime.live_http import Handler, LiveState, View
 from edgeas.runtime.sink import FrameResult, Sink, SinkContext
+from edgeas.runtime.sources import redact
 
 log = logging.getLogger("edgeas.stream")
-PAGE = Path(__file__).resolve().parent / "static" / "live.html"
 DEFAULT_HOST = "127.0.0.1"
-BOUNDARY = "edgeasframe"
-MAX_STREAM_CLIENTS = 8
-JPEG_QUALITY = 80
 PUBLISH_IDLE_S = 1.0  # refresh the served frame this often even when nobody watches
+VIEWER_GRACE_S = 1.0  # a page that asked this recently is still watching (between requests)
+# The page shows the overlay at most this wide whatever the camera gives: a browser shows
+# it smaller anyway, and a 4K overlay would cost the station's CPU for nothing.
+LIVE_MAX_WIDTH = 1280
 
 
 def parse_address(value: str, default_port: int = 8080) -> tuple[str, int]:
@@ -60,113 +72,28 @@ def parse_address(value: str, default_port: int = 8080) -> tuple[str, int]:
     return host, int(port)
 
 
-class _State:
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.frame: np.ndarray | None = None
-        self.seq = 0
-        self.jpeg: bytes | None = None
-        self.jpeg_seq = -1
-        self.status: dict[str, Any] = {"running": True}
-        self.closing = False
-        self.clients = 0
-
-    def jpeg_of(self, seq: int) -> bytes | None:
-        """The JPEG of frame `seq`, encoded by whichever viewer asks first."""
-        with self.cond:
-            if self.jpeg_seq == seq:
-                return self.jpeg
-            frame = self.frame
-        if frame is None:
-            return None
-        ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        data = buf.tobytes() if ok else None
-        with self.cond:
-            if seq >= self.jpeg_seq:
-                self.jpeg, self.jpeg_seq = data, seq
-        return data
+def utc_iso(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(
+        timespec="seconds")
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server_version = "edgeas"
-    state: _State  # set on the subclass made per server
-
-    def log_message(self, fmt: str, *args: Any) -> None:
-        log.debug("http %s - %s", self.address_string(), fmt % args)
-
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-        path = self.path.split("?", 1)[0]
-        if path in ("/", "/index.html"):
-            self._send(PAGE.read_bytes(), "text/html; charset=utf-8")
-        elif path == "/status.json":
-            with self.state.cond:
-                body = json.dumps(self.state.status).encode()
-            self._send(body, "application/json")
-        elif path == "/frame.jpg":
-            data = self.state.jpeg_of(self.state.seq)
-            if data is None:
-                self.send_error(HTTPStatus.SERVICE_UNAVAILABLE, "no frame yet")
-            else:
-                self._send(data, "image/jpeg")
-        elif path == "/stream.mjpg":
-            self._stream()
-        else:
-            self.send_error(HTTPStatus.NOT_FOUND)
-
-    def _send(self, body: bytes, kind: str) -> None:
-        self.send_response(HTTPStatus.OK)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _stream(self) -> None:
-        state = self.state
-        with state.cond:
-            if state.clients >= MAX_STREAM_CLIENTS:
-                self.send_error(HTTPStatus.SERVICE_UNAVAILABLE, "too many viewers")
-                return
-            state.clients += 1
-        try:
-            self.send_response(HTTPStatus.OK)
-            self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            sent = -1
-            while True:
-                with state.cond:
-                    state.cond.wait_for(lambda last=sent: state.closing or state.seq != last,
-                                        timeout=1.0)
-                    if state.closing:
-                        return
-                    seq = state.seq
-                if seq == sent:
-                    continue
-                data = state.jpeg_of(seq)
-                sent = seq
-                if data is None:
-                    continue
-                self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
-                                 f"Content-Length: {len(data)}\r\n\r\n".encode())
-                self.wfile.write(data)
-                self.wfile.write(b"\r\n")
-                self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):
-            return  # the viewer went away
-        finally:
-            with state.cond:
-                state.clients -= 1
+def _public(record: dict[str, Any]) -> dict[str, Any]:
+    """A record as the page may show it: a camera's URI without its password."""
+    return dict(record, source=redact(str(record["source"]))) if "source" in record else record
 
 
 class LiveServer(Sink):
     """The HTTP server on its own threads; `publish` is cheap and never blocks on viewers."""
 
     name = "live"
+    render_width = LIVE_MAX_WIDTH
 
     def __init__(self, host: str = DEFAULT_HOST, port: int = 8080) -> None:
-        self.state = _State()
-        handler = type("Handler", (_Handler,), {"state": self.state})
+        self.state = LiveState()
+        self.context: SinkContext | None = None
+        self.event_images = EventImages(
+            lambda: list(self.context.event_stores) if self.context is not None else [])
+        handler = type("Handler", (Handler,), {"live": self})
         try:
             self.httpd = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
@@ -177,8 +104,7 @@ class LiveServer(Sink):
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="edgeas-http",
                                         daemon=True)
         self._thread.start()
-        self._published = 0.0  # perf_counter of the last frame handed over
-        self._board: deque[dict[str, Any]] | None = None
+        self._newest_event = ""
         self._closed = False
 
     @property
@@ -188,35 +114,84 @@ class LiveServer(Sink):
 
     @property
     def viewers(self) -> int:
-        return self.state.clients
+        """MJPEG streams, page requests waiting, and a page between two requests."""
+        state = self.state
+        recent = time.perf_counter() - state.asked < VIEWER_GRACE_S
+        return state.clients + state.waiting + int(recent and not state.waiting)
 
-    def publish(self, frame: np.ndarray | None, status: dict[str, Any]) -> None:
-        """The newest annotated frame (not copied: the caller must not modify it) and status."""
+    def publish(self, frame: np.ndarray | None, record: dict[str, Any], stream: int = 0) -> None:
+        """The newest decided frame's record; with `frame` (its overlay: not copied, the
+        caller must not modify it), also the picture served, with that same record."""
         with self.state.cond:
+            views = self.state.views
+            while len(views) <= stream:
+                views.append(View())
+            view = views[stream]
+            view.latest = record
             if frame is not None:
-                self.state.frame = frame
-                self.state.seq += 1
-            self.state.status = dict(status, running=True)
-            self.state.cond.notify_all()
-
-    def _frame_due(self, now: float) -> bool:
-        return self.viewers > 0 or now - self._published > PUBLISH_IDLE_S
+                view.seq += 1
+                view.published = time.perf_counter()
+                view.frame, view.shown = frame, dict(record, seq=view.seq)
+                self.state.cond.notify_all()
 
     @property
     def needs_render(self) -> bool:
-        return self._frame_due(time.perf_counter())
+        """While someone watches; else when some source's picture is older than the idle
+        refresh (the pipeline asks before it knows whose frame comes next)."""
+        if self.viewers > 0:
+            return True
+        oldest = time.perf_counter() - PUBLISH_IDLE_S
+        with self.state.cond:
+            return any(view.published < oldest for view in self.state.views)
 
     def open(self, context: SinkContext) -> None:
-        self._board = context.recent_events
+        self.context = context
+        with self.state.cond:
+            while len(self.state.views) < len(context.sources):
+                self.state.views.append(View())
 
     def on_frame(self, result: FrameResult) -> None:
-        """The status every frame; the overlay when someone watches or the refresh is due."""
-        now = time.perf_counter()
-        frame = result.rendered if result.rendered is not None and self._frame_due(now) else None
-        events = list(self._board) if self._board is not None else []
-        self.publish(frame, dict(result.status(), events=events))
-        if frame is not None:
-            self._published = now
+        """The record every frame; the overlay too whenever it was drawn (for this sink
+        or another: handing it over costs nothing until someone asks for it)."""
+        self.publish(result.rendered, result.status(), result.stream)
+        board = self.context.recent_events if self.context is not None else None
+        if board:
+            newest = event_id(board[0])
+            if newest != self._newest_event:  # the board changed: its ids become servable
+                self._newest_event = newest
+                self.event_images.learn(list(board))
+
+    def status(self) -> dict[str, Any]:
+        """What /status.json answers: built when asked, from the published records and
+        what the sources and event folders say now (a camera that is reconnecting sends
+        no frames, so no frame could tell)."""
+        ctx = self.context
+        with self.state.cond:
+            views = [(v.shown, v.latest) for v in self.state.views]
+            running = self.state.running
+        infos = list(ctx.sources) if ctx is not None else []
+        sources = []
+        for i, (shown, latest) in enumerate(views):
+            entry: dict[str, Any] = {"index": i, "shown": _public(shown),
+                                     "latest": _public(latest)}
+            if i < len(infos):
+                info = infos[i]
+                state, since = info.condition()
+                entry.update(name=info.name, uri=info.uri, kind=info.kind, live=info.live,
+                             fps_nominal=info.fps, state=state, since=utc_iso(since))
+            sources.append(entry)
+        board = list(ctx.recent_events) if ctx is not None else []
+        stores = list(ctx.event_stores) if ctx is not None else []
+        return {
+            "running": running,
+            "station": dict(ctx.station) if ctx is not None else {},
+            "sources": sources,
+            "events": {
+                "recent": [dict(_public(rec), id=event_id(rec)) for rec in board],
+                "folders": [{"dir": str(s.folder), "budget_bytes": s.budget_bytes,
+                             "used_bytes": s.used_bytes()} for s in stores],
+            },
+        }
 
     def close(self, error: BaseException | None = None) -> None:
         if self._closed:
@@ -224,7 +199,7 @@ class LiveServer(Sink):
         self._closed = True
         with self.state.cond:
             self.state.closing = True
-            self.state.status = dict(self.state.status, running=False)
+            self.state.running = False
             self.state.cond.notify_all()
         self.httpd.shutdown()
         self.httpd.server_close()

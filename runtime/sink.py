@@ -3,8 +3,9 @@
 A sink (the live page, the window, the recording, the events writer; MQTT or a webhook
 later) is called by the pipeline's post thread only, in this order:
 
-    open(context)       once, before the first frame (a SinkContext: the run's source,
-                        model, threshold and the board of recently written events)
+    open(context)       once, before the first frame (a SinkContext: the run's sources,
+                        model, threshold, what the station is set to, the board of
+                        recently written events and the folders they go to)
     on_frame(result)    every processed frame (a FrameResult); returning False asks the
                         pipeline to stop (the window's `q`); None or True carry on
     on_event(result)    right after on_frame, for an NG frame only
@@ -30,7 +31,10 @@ Rendering: the overlay is drawn at most once per frame, and only when the pipeli
 was asked to render (benchmarks) or some sink's `needs_render` is true; that property
 is read every frame before rendering, so a sink can want frames only some of the time
 (the live page: while someone watches, or when its idle refresh is due).
-`result.rendered` is None when nobody needed it.
+`result.rendered` is None when nobody needed it. A sink that shows the overlay small
+says so with `render_width` (the live page: at most 1280 px wide): when every sink that
+wants the overlay has such a bound, it is drawn on the frame scaled down to the widest
+of them, so a 4K camera costs a 4K overlay only for a recording or a window.
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -69,6 +74,7 @@ class FrameResult:
     dropped: int  # frames the source dropped so far
     model: str = ""  # the model's label
     rendered: np.ndarray | None = None  # the overlay, when some sink needed it
+    stream: int = 0  # which of the run's sources it came from (index in SinkContext.sources)
 
     def status(self) -> dict[str, Any]:
         """What the live page shows of this frame (and `Pipeline.last` holds)."""
@@ -76,6 +82,31 @@ class FrameResult:
                 "threshold": self.threshold, "regions": self.regions,
                 "latency_ms": self.latency_s * 1e3, "fps": self.fps, "dropped": self.dropped,
                 "source": self.source, "model": self.model}
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """One source of the run as a sink may show it; `condition()` is asked at any time
+    (from another thread too): ('live' | 'reconnecting' | 'reading' | 'ended' | 'closed',
+    time.time() when that began)."""
+
+    name: str
+    uri: str
+    kind: str  # v4l2 | csi | rtsp | file | folder
+    live: bool
+    fps: float | None
+    condition: Callable[[], tuple[str, float]] = lambda: ("reading", 0.0)
+
+
+@dataclass(frozen=True)
+class EventStore:
+    """A folder of events as the sink that writes it declares it (on open), for the sinks
+    that show it: the live page lists its use of the budget and serves event images from
+    it (by event id, never by a path). `used_bytes()` may be asked from another thread."""
+
+    folder: Path
+    budget_bytes: int
+    used_bytes: Callable[[], int]
 
 
 @dataclass(frozen=True)
@@ -91,6 +122,13 @@ class SinkContext:
     # one that shows them (the live page) reads them
     recent_events: deque[dict[str, Any]] = field(
         default_factory=lambda: deque(maxlen=RECENT_EVENTS))
+    # what the station is set to, for display (Pipeline.station(): model, precision,
+    # backend, device, threshold and its policy, min_area, aggregation)
+    station: Mapping[str, Any] = field(default_factory=dict)
+    # the run's sources, FrameResult.stream indexes them (one today)
+    sources: tuple[SourceInfo, ...] = ()
+    # filled by the sinks that write events, in their open()
+    event_stores: list[EventStore] = field(default_factory=list)
 
 
 class Sink:
@@ -103,6 +141,9 @@ class Sink:
     def needs_render(self) -> bool:
         """True when the next frame's overlay is wanted (read every frame)."""
         return False
+
+    # The widest overlay this sink uses, in pixels; None: the frame's own size.
+    render_width: int | None = None
 
     def open(self, context: SinkContext) -> None:  # noqa: B027 - optional hook
         pass
@@ -137,9 +178,16 @@ class Fanout:
 
     @property
     def needs_render(self) -> bool:
+        return self.render_request()[0]
+
+    def render_request(self) -> tuple[bool, int | None]:
+        """(whether the next frame's overlay is wanted, the widest width any sink that
+        wants it uses; None: the frame's own size)."""
         # every sink is asked (no short cut): a sink may keep time in needs_render
-        wants = [s.needs_render for s in self.sinks]
-        return any(wants)
+        wanting = [s for s in self.sinks if s.needs_render]
+        if not wanting or any(s.render_width is None for s in wanting):
+            return bool(wanting), None
+        return True, max(int(s.render_width) for s in wanting)
 
     def open(self, context: SinkContext) -> None:
         """Open in order; when one fails, every sink is closed with its error."""
@@ -191,4 +239,5 @@ class Fanout:
         return out
 
 
-__all__ = ["SINK_BUDGET_S", "Fanout", "FrameResult", "Sink", "SinkContext"]
+__all__ = ["SINK_BUDGET_S", "EventStore", "Fanout", "FrameResult", "Sink", "SinkContext",
+           "SourceInfo"]

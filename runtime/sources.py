@@ -17,7 +17,9 @@ a file or folder path that does not exist is the user's typo, a ConfigError (exi
 from __future__ import annotations
 
 import logging
+import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,15 @@ class SourceSpec:
     @property
     def live(self) -> bool:
         return self.kind in ("v4l2", "csi", "rtsp")
+
+
+def redact(uri: str) -> str:
+    """The URI without its password (rtsp://user:secret@host/x -> rtsp://user:***@host/x):
+    what a page or a log may show."""
+    return _SECRET.sub(r"\1:***@", uri)
+
+
+_SECRET = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/@:]*):[^/@]*@")
 
 
 def gstreamer_available() -> bool:
@@ -120,7 +131,12 @@ def _local(path: Path, uri: str, want: str | None = None) -> SourceSpec:
 
 class Source:
     """read(timeout) -> the next frame (uint8), or None: end of stream (`ended`) or, for a
-    live source, no new frame within `timeout`."""
+    live source, no new frame within `timeout`.
+
+    `condition()` says what the source is doing and since when, for the live page: a file
+    or folder is `reading`, then `ended`; a camera is `live`, or `reconnecting` while its
+    capture thread tries to get it back (no frame reaches the sinks then, so the page
+    asks the source, not the frames)."""
 
     live = False
     dropped = 0
@@ -130,7 +146,27 @@ class Source:
 
     def __init__(self, spec: SourceSpec) -> None:
         self.spec = spec
-        self.ended = False
+        self._ended = False
+        self.state, self.since = "reading", time.time()
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    @ended.setter
+    def ended(self, value: bool) -> None:
+        if value and not self._ended:
+            self._enter("ended")
+        self._ended = value
+
+    def _enter(self, state: str) -> None:
+        if state != self.state:
+            # one tuple assignment: a reader on another thread sees the pair of one change
+            self.state, self.since = state, time.time()
+
+    def condition(self) -> tuple[str, float]:
+        """(state, time.time() when it began)."""
+        return self.state, self.since
 
     def open(self) -> Source:
         return self
@@ -236,6 +272,7 @@ class LiveSource(Source):
                               hint=self._hint())
         fps = cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps) if fps and 0 < fps < 1000 else None
+        self._enter("live")
         self._thread = threading.Thread(target=self._run, args=(cap,), name="edgeas-capture",
                                         daemon=True)
         self._thread.start()
@@ -262,10 +299,14 @@ class LiveSource(Source):
                     continue
                 log.warning("%s reconnected", self.spec.uri)
                 self.reconnects += 1
+                self._enter("live")
                 backoff = BACKOFF_START
             ok, frame = cap.read()
             if not ok or frame is None:
+                if self._stop.is_set():
+                    break  # closed while reading: not a camera that went away
                 log.warning("%s stopped delivering frames; reconnecting", self.spec.uri)
+                self._enter("reconnecting")
                 cap.release()
                 cap = None
                 continue
@@ -287,6 +328,7 @@ class LiveSource(Source):
 
     def close(self) -> None:
         self._stop.set()
+        self._enter("closed")
         with self._cond:
             self._cond.notify_all()
         if self._thread is not None:

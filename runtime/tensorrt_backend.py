@@ -1,18 +1,20 @@
-"""TensorRT engines through `tensorrt` (or `tensorrt_rtx`) and edgeas.cuda (pycuda).
+"""TensorRT engines through `tensorrt` (or `tensorrt_rtx`) and edgeas.cuda (pycuda, or
+cuda-python where pycuda is missing).
 
 One deserialised engine, one execution context, page-locked host buffers, one CUDA
 stream; inputs and outputs bound by tensor name; `execute_async_v3`. An engine only
 runs with the TensorRT version and the GPU model it was built for, so the sidecar
 `model.engine.json` is checked against this machine before TensorRT sees the plan.
 
-Needs a GPU: on a machine without one this module imports (TensorRT and pycuda are
-imported inside `TensorRTBackend.__init__`, pycuda by `edgeas.cuda.open_cuda`),
+Needs a GPU: on a machine without one this module imports (TensorRT is imported
+inside `TensorRTBackend.__init__`, the CUDA layer by `edgeas.cuda.open_cuda`),
 `check_engine_compat` runs, and opening an engine is a DependencyError that says why.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -23,12 +25,49 @@ import numpy as np
 from edgeas.artifacts import read_engine_record
 from edgeas.cuda import CudaApi, DeviceBuffer, open_cuda
 from edgeas.errors import ArtifactError, ConfigError, DependencyError, StreamError
+from edgeas.fileio import atomic_write_bytes
 from edgeas.runtime.backends import Backend
+
+log = logging.getLogger("edgeas.stream")
 
 TRT_HINT = (
     "install the TensorRT the engine was built with (JetPack's on Jetson, in a venv made "
     "with --system-site-packages), or stream the .onnx model with ONNX Runtime"
 )
+
+
+# TensorRT-RTX engines built without a compute capability run on 8.0 and newer (its
+# support matrix and CPU-only AOT page); Turing (7.5) needs one named at build time.
+RTX_DEFAULT_MIN_CC = (8, 0)
+
+
+def runtime_cache_path(engine: Path) -> Path:
+    """Where a TensorRT-RTX engine's runtime (JIT) cache is kept: beside the engine."""
+    return engine.with_name(engine.name + ".runtime-cache")
+
+
+def _cc(value: str) -> tuple[int, int]:
+    major, _, minor = str(value).partition(".")
+    return int(major), int(minor or 0)
+
+
+def _check_rtx_reach(sidecar: Mapping[str, Any], path: str, cc: str | None) -> None:
+    """TensorRT-RTX engines are not tied to a GPU model but to compute capabilities: the
+    ones named at build time (`build_options.compute_capabilities`), else its portable
+    default. Compute capabilities past the default's documented list are left to
+    TensorRT-RTX itself (its deserialisation refuses what it cannot run)."""
+    if not cc:
+        return
+    targets = [str(t) for t in (sidecar.get("build_options") or {}).get(
+        "compute_capabilities") or []]
+    hint = (f"rebuild it for this GPU: edgeas build-engine --onnx MODEL.onnx -o MODEL.engine "
+            f"--tensorrt tensorrt_rtx --compute-capability {cc}")
+    if targets and str(cc) not in targets:
+        raise ArtifactError(f"{path} was built for compute capability {', '.join(targets)}; "
+                            f"this GPU has {cc}", hint=hint)
+    if not targets and _cc(cc) < RTX_DEFAULT_MIN_CC:
+        raise ArtifactError(f"{path}: TensorRT-RTX's portable default (8.0 and newer) does not "
+                            f"cover this GPU's compute capability {cc}", hint=hint)
 
 
 def check_engine_compat(
@@ -37,8 +76,8 @@ def check_engine_compat(
     """Refuse an engine built by another TensorRT version or for another GPU model.
 
     `trt_version`, `gpu`, `cc`: this machine's TensorRT version, GPU name and compute
-    capability. A sidecar without a GPU name (TensorRT-RTX builds on a CPU) is checked
-    by compute capability when it records one.
+    capability. A sidecar without a GPU name is checked by compute capability when it
+    records one; a TensorRT-RTX engine by the compute capabilities it was built for.
     """
     built = str(sidecar.get("tensorrt_version") or "")
     if not built:
@@ -51,6 +90,9 @@ def check_engine_compat(
             hint="engines only run on the TensorRT version that built them: rebuild it here "
             "with `edgeas build-engine --onnx MODEL.onnx -o MODEL.engine`",
         )
+    if sidecar.get("tensorrt_flavour") == "tensorrt_rtx":
+        _check_rtx_reach(sidecar, path, cc)
+        return
     want_gpu, want_cc = sidecar.get("gpu"), sidecar.get("compute_capability")
     if want_gpu and gpu and want_gpu != gpu:
         raise ArtifactError(
@@ -85,7 +127,8 @@ class TensorRTBackend(Backend):
         self.record = read_engine_record(self.path)
         self.output_names = list(self.record.model.outputs)
         built = self.record.engine or {}  # the engine stage: what the build recorded
-        self.trt = _import_tensorrt(str(built.get("tensorrt_flavour") or "tensorrt"))
+        self.flavour = str(built.get("tensorrt_flavour") or "tensorrt")
+        self.trt = _import_tensorrt(self.flavour)
         # the version first: a foreign engine is named as such even where CUDA is missing
         check_engine_compat(built, str(self.path), str(self.trt.__version__), None, None)
         self.cuda = cuda if cuda is not None else open_cuda()
@@ -96,8 +139,10 @@ class TensorRTBackend(Backend):
                             gpu, cc)
         self.device = f"cuda:0 ({gpu})"
         self.precision = self.record.precision
-        self.name = f"TensorRT {self.trt.__version__}"
+        label = "TensorRT-RTX" if self.flavour == "tensorrt_rtx" else "TensorRT"
+        self.name = f"{label} {self.trt.__version__}"
         self._aggregator = None
+        self._runtime_cache = self._runtime_config = None
         with self.active():
             self._load()
 
@@ -113,7 +158,10 @@ class TensorRTBackend(Backend):
         if self.engine is None:
             raise ArtifactError(f"{self.path}: TensorRT could not deserialize the engine",
                                 hint="rebuild it on this machine with `edgeas build-engine`")
-        self.context = self.engine.create_execution_context()
+        if self.flavour == "tensorrt_rtx" and hasattr(self.engine, "create_runtime_config"):
+            self.context = self.engine.create_execution_context(self._with_runtime_cache())
+        else:
+            self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         if len(inputs) != 1:
@@ -132,19 +180,65 @@ class TensorRTBackend(Backend):
         if tuple(shape[2:]) != (h, w):
             raise ArtifactError(f"{self.path}: engine input {shape} does not match the "
                                 f"sidecar's input_size {h}x{w}")
-        self.stream = cuda.stream()
+        # non-blocking: no implicit wait for the legacy default stream (or the other's)
+        self.stream = cuda.stream(non_blocking=True)
         self.context.set_input_shape(self.input_name, (self.max_batch, 3, h, w))
         self.host: dict[str, np.ndarray] = {}
         self.dev: dict[str, DeviceBuffer] = {}
-        for name in [self.input_name, *self.output_names]:
-            dims = tuple(self.context.get_tensor_shape(name))
-            dtype = trt.nptype(self.engine.get_tensor_dtype(name))
-            if np.dtype(dtype) != np.float32:
-                raise ArtifactError(f"{self.path}: tensor {name} is {np.dtype(dtype)}; the "
+        # Every I/O tensor gets an address, not only the ones read back: enqueueV3 fails
+        # while any has neither an address nor an output allocator (an engine exported
+        # --with-map also has anomaly_map and score). NVIDIA's
+        # samples/python/common_runtime.py (allocate_buffers) binds all num_io_tensors
+        # the same way. Only the input and the level maps get page-locked host copies.
+        copied = {self.input_name, *self.output_names}
+        for name in names:
+            dims = tuple(int(d) for d in self.context.get_tensor_shape(name))
+            dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
+            if any(d < 0 for d in dims):
+                raise ArtifactError(f"{self.path}: tensor {name} has shape {dims} at batch "
+                                    f"{self.max_batch}; only the batch may be dynamic")
+            if name in copied and dtype != np.float32:
+                raise ArtifactError(f"{self.path}: tensor {name} is {dtype}; the "
                                     "runtime expects float32 I/O (typed engines keep it)")
-            self.host[name] = cuda.pinned_empty(dims, np.float32)
-            self.dev[name] = cuda.alloc(self.host[name].nbytes)
+            nbytes = max(1, int(np.prod(dims, dtype=np.int64)) * dtype.itemsize)
+            if name in copied:
+                self.host[name] = cuda.pinned_empty(dims, np.float32)
+            self.dev[name] = cuda.alloc(nbytes)
             self.context.set_tensor_address(name, self.dev[name].ptr)
+
+    def _with_runtime_cache(self):
+        """A runtime config holding the runtime (JIT) cache read from beside the engine.
+
+        TensorRT-RTX compiles its kernels for this GPU when the execution context is made
+        and for each new shape; the cache keeps them across starts (IRuntimeConfig
+        create_runtime_cache / set_runtime_cache, IRuntimeCache deserialize / serialize,
+        as NVIDIA's TensorRT-RTX api_usage sample uses them). Its deserialize returns
+        False for a cache of another GPU, driver or version: then it starts empty.
+        """
+        config = self.engine.create_runtime_config()
+        cache = config.create_runtime_cache()
+        path = runtime_cache_path(self.path)
+        if path.is_file() and not cache.deserialize(path.read_bytes()):
+            log.warning("the runtime cache %s was made for another GPU, driver or "
+                        "TensorRT-RTX version: "
+                        "TensorRT-RTX compiles again (and replaces it on close)", path)
+        if not config.set_runtime_cache(cache):
+            log.warning("TensorRT-RTX refused its runtime cache: kernels are compiled at "
+                        "every start")
+            return config
+        self._runtime_config, self._runtime_cache = config, cache
+        return config
+
+    def _save_runtime_cache(self) -> None:
+        if self._runtime_cache is None:
+            return
+        path = runtime_cache_path(self.path)
+        try:
+            blob = self._runtime_cache.serialize()
+            if blob is not None:
+                atomic_write_bytes(path, bytes(memoryview(blob)))
+        except OSError as exc:  # a read-only engine folder: next start compiles again
+            log.warning("cannot write the runtime cache %s (%s)", path, exc)
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         batch = self.check_batch(batch)
@@ -184,9 +278,24 @@ class TensorRTBackend(Backend):
         return self._aggregator
 
     def close(self) -> None:
+        """Release everything inside the context, then detach it; a second call does
+        nothing. The aggregator first: its kernel's module lives in this context."""
+        if self.engine is None:
+            return
+        if self._aggregator is not None:
+            self._aggregator.close()
+            self._aggregator = None
         with self.active():
+            self.stream.synchronize()
+            self._save_runtime_cache()  # inside the context: the cache needs a current one
+            self._runtime_cache = self._runtime_config = None
+            # TensorRT's objects before the memory they point into
+            self.context = self.engine = self.runtime = None
             for mem in self.dev.values():
                 mem.free()
+            for host in self.host.values():
+                self.cuda.free_pinned(host)
             self.dev.clear()
-            self.context = self.engine = self.runtime = None
+            self.host.clear()
+            self.stream.close()
         self.context_cuda.release()

@@ -138,7 +138,8 @@ def test_resize_and_blur_primitives_match_torch():
 @pytest.mark.parametrize(("shapes", "out_hw"), FUSED_CASES)
 def test_fused_matches_the_torch_oracle(shapes, out_hw):
     levels = _random_levels(np.random.default_rng(len(shapes) + out_hw[0]), shapes)
-    amap, mask = aggregate(levels, out_hw, mode="fused")
+    # the sampling pass alone (no smoothing); the smoothing is tested below
+    amap, mask = aggregate(levels, out_hw, mode="fused", smoothing="none")
     assert mask is None and amap.dtype == np.float32 and amap.shape == out_hw
     # float64 oracle: the exact value of prod_i bilinear(d_i) at half-pixel centres
     exact = _torch_fused(levels, out_hw, pytest.importorskip("torch").float64)
@@ -149,7 +150,7 @@ def test_fused_matches_the_torch_oracle(shapes, out_hw):
     f32 = _torch_fused(levels, out_hw, pytest.importorskip("torch").float32)
     assert np.abs(amap - f32).max() <= TOL * np.abs(f32).max()
     # the numpy evaluation path reproduces torch's float32 rounding itself
-    batched = aggregate_batch([m[None] for m in levels], out_hw, "fused")[0]
+    batched = aggregate_batch([m[None] for m in levels], out_hw, "fused", "none")[0]
     assert np.abs(batched - f32).max() <= TOL
 
 
@@ -161,7 +162,7 @@ def test_naive_baseline_equals_fused():
     from aggregate_bench import naive_aggregate
 
     levels = _random_levels(np.random.default_rng(5), FUSED_CASES[0][0])
-    amap, mask = aggregate(levels, (1080, 1920), threshold=2.0, mode="fused")
+    amap, mask = aggregate(levels, (1080, 1920), threshold=2.0, mode="fused", smoothing="none")
     base, base_mask = naive_aggregate(levels, (1080, 1920), 2.0)
     assert np.abs(amap - base).max() <= TOL
     assert np.array_equal(mask, base_mask) and 0 < mask.sum() < mask.size
@@ -207,8 +208,14 @@ def test_inputs_and_errors():
     with pytest.raises(ConfigError, match="unknown aggregation mode") as err:
         aggregate(levels, (224, 224), mode="refrence")
     assert "reference" in (err.value.hint or "")
-    with pytest.raises(ConfigError, match="blur"):
-        aggregate(levels, (224, 224), mode="reference", blur=[(3, 1.0)])
+    for mode in ("reference", "fused"):
+        with pytest.raises(ConfigError, match="1 .kernel, sigma. pairs but there are 4"):
+            aggregate(levels, (224, 224), mode=mode, smoothing=[(3, 1.0)])
+        with pytest.raises(ConfigError, match="unknown smoothing 'oficial'") as err:
+            aggregate(levels, (224, 224), mode=mode, smoothing="oficial")
+        assert "official" in err.value.hint
+        with pytest.raises(ConfigError, match="level set"):
+            aggregate(levels, (224, 224), mode=mode, use=[0, 4])
     with pytest.raises(ConfigError):
         aggregate(levels, (0, 224))
     with pytest.raises(ModelOutputError, match="level res1 has shape"):  # was ConfigError
@@ -333,3 +340,40 @@ def test_runtime_and_aggregate_import_without_torch():
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+# --------------------------------------------------------------------------- level set
+
+
+@pytest.mark.parametrize("mode", ["fused", "reference"])
+@pytest.mark.parametrize("use", [[0, 2], [3], [1, 2, 3]])
+def test_a_level_set_multiplies_only_its_levels(mode, use):
+    levels = _planted_levels(FUSED_CASES[0][0])
+    got, _ = aggregate(levels, (224, 224), None, mode, "none", use)
+    # the product of the chosen levels: each through the same path alone, multiplied
+    alone = [aggregate([levels[i] if j == i else np.ones_like(levels[j])
+                        for j in range(4)], (224, 224), None, mode, "none")[0] for i in use]
+    want = alone[0]
+    for a in alone[1:]:
+        want = want * a
+    if mode == "fused":  # per pixel: the product of the sampled levels, exactly
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    else:  # the reference interpolates the product, so a product of maps is not exact
+        assert np.abs(got - want).max() <= 0.05 * float(want.max())
+    batched = aggregate_batch([m[None] for m in levels], (224, 224), mode, "none", use)[0]
+    assert np.abs(batched - got).max() <= 1e-5 * max(1.0, float(got.max()))
+
+
+def test_the_export_graph_computes_the_records_setting():
+    torch = pytest.importorskip("torch")
+    from edgeas.export.torch_graph import ReferenceAggregation
+
+    levels = _planted_levels(FUSED_CASES[0][0])
+    sizes = [m.shape for m in levels]
+    for blur, use in (((), None), ((), [0, 2]), (((5, 1.0), (3, 0.5), (3, 1.0), (1, 1.0)),
+                                                 [1, 3])):
+        graph = ReferenceAggregation(sizes, (224, 224), blur, use)
+        amap, score = graph([torch.from_numpy(m)[None, None] for m in levels])
+        want = reference_maps_batch([m[None] for m in levels], (224, 224), blur, use)
+        assert np.abs(amap[:, 0].numpy() - want).max() <= TOL
+        assert score.item() == pytest.approx(float(want.max()), abs=TOL)

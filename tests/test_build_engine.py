@@ -4,6 +4,7 @@ call sequences against clearly named mocks, the import boundary, and the errors.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from test_build_engine_mocks import (  # noqa: E402
     MockPycudaDriver,
     MockTensorRT10,
     MockTensorRT11,
+    MockTensorRTRTX,
 )
 
 from edgeas.artifacts import sha256_file, sidecar_path  # noqa: E402
@@ -99,6 +101,7 @@ def test_rtx_builds_the_fp32_onnx_from_the_cli_with_torch_blocked(models, tmp_pa
     assert [o["name"] for o in side["outputs"]] == [f"dist_res{i}" for i in range(1, 5)]
     assert side["build_options"]["batch"] == {"min": 1, "opt": 2, "max": 4}
     assert side["build_options"]["strongly_typed"] is True
+    assert side["build_options"]["cleared_flags"] == ["TF32"]  # on the real builder config
     if side["gpu"] is None:
         assert side["gpu_reason"]
     assert (tmp_path / "timing.cache").stat().st_size > 0
@@ -109,8 +112,12 @@ def test_rtx_builds_the_fp32_onnx_from_the_cli_with_torch_blocked(models, tmp_pa
 def test_rtx_builds_the_typed_fp16_onnx(models, tmp_path):
     flavour = _rtx()
     engine = tmp_path / "model.fp16.engine"
-    side = build_engine(models["fp16"], engine, BuildOptions(optimization_level=0), flavour)
+    # targets named on the real builder config. Not 7.5: TensorRT-RTX 1.7 refuses this
+    # graph for Turing ("FP32 GEMM is not supported"; the typed graph keeps q.k^T in FP32)
+    side = build_engine(models["fp16"], engine,
+                        BuildOptions(optimization_level=0, compute_capability="8.6,8.9"), flavour)
     _check_sidecar(engine, models["fp16"], "fp16")
+    assert side["build_options"]["compute_capabilities"] == ["8.6", "8.9"]
     assert side["onnx_conversion"] is None and side["build_options"]["flags"] == []
     assert side["build_options"]["batch"] == {"min": 1, "opt": 1, "max": 8}
 
@@ -243,6 +250,112 @@ def test_mock_tensorrt10_fp16_uses_flags_pins_fp32_layers_and_writes_the_sidecar
     assert side["calibration"] is None and side["precision"] == "fp16"
 
 
+def test_a_foreign_timing_cache_falls_back_to_an_empty_one_and_the_engine_is_saved_first(
+    models, tmp_path, monkeypatch
+):
+    """set_timing_cache returns False for a cache of another device or TensorRT version:
+    the build goes on with an empty cache (said in the sidecar), and the engine is on
+    disk before the timing cache is serialised."""
+    from edgeas.export import engine as engine_module
+
+    trt = MockTensorRT10()
+    real_save = engine_module.save
+
+    def save(output, data, sidecar):
+        trt.record("save_engine")
+        real_save(output, data, sidecar)
+
+    monkeypatch.setattr(engine_module, "save", save)
+    cache = tmp_path / "t.cache"
+    cache.write_bytes(trt.FOREIGN_TIMING)
+    side = build_engine(models["fp32"], tmp_path / "m.engine", BuildOptions(timing_cache=cache),
+                        Flavour("tensorrt", trt, "10.3.0"), GpuInfo("mock", "8.7"))
+    creates = [c[1][0] for c in trt.calls if c[0] == "create_timing_cache"]
+    assert creates == [trt.FOREIGN_TIMING, b""]
+    assert [c[1][0] for c in trt.calls if c[0] == "set_timing_cache"] == [False, False]
+    assert side["build_options"]["timing_cache"] == {
+        "file": str(cache), "reused": False,
+        "note": "made by another GPU or TensorRT version: started empty"}
+    names = trt.call_names()
+    assert names.index("save_engine") < names.index("serialize_timing_cache")
+    assert cache.read_bytes() == trt.TIMING
+
+
+@pytest.mark.parametrize(("trt", "precision", "cleared"), [
+    (MockTensorRT10(), "fp32", ["TF32"]), (MockTensorRT10(), "fp16", []),
+    (MockTensorRT11(), "fp32", ["TF32"]),
+])
+def test_fp32_engines_clear_tf32(models, tmp_path, trt, precision, cleared):
+    """TensorRT allows TF32 for FP32 tensors by default (Ampere and newer): an FP32
+    engine clears it, so that FP32 means FP32 against ONNX Runtime's reference."""
+    side = build_engine(models["fp32"], tmp_path / "m.engine", BuildOptions(precision=precision),
+                        Flavour("tensorrt", trt, trt.__version__), GpuInfo("mock", "8.7"))
+    assert [c[1][0] for c in trt.calls if c[0] == "clear_flag"] == cleared
+    assert side["build_options"]["cleared_flags"] == cleared
+
+
+def test_dla_refuses_up_front_what_it_cannot_build_without_gpu_fallback(models, tmp_path):
+    """The DLA runs FP16/INT8 layers of static shape only (TensorRT's 'DLA Supported
+    Layers and Restrictions': the profile's min, opt and max must be equal): FP32-pinned
+    layers or a dynamic batch need --gpu-fallback; refused before anything is built."""
+    gpu = GpuInfo("Orin (mock)", "8.7")
+    static = dict(min_batch=2, opt_batch=2, max_batch=2)
+    cases = [
+        (BuildOptions(precision="fp16", dla_core=0, **static), "kept in FP32"),
+        (BuildOptions(precision="int8", dla_core=0, calib_images=tmp_path), "dynamic batch 1..8"),
+    ]
+    for options, message in cases:
+        trt = MockTensorRT10()
+        with pytest.raises(ConfigError, match=message) as info:
+            build_engine(models["fp32"], tmp_path / "m.engine", options,
+                         Flavour("tensorrt", trt, "10.3.0"), gpu)
+        assert "\n" not in info.value.message and "--gpu-fallback" in info.value.hint
+        assert "create_builder_config" not in trt.call_names()  # nothing configured
+    ok = MockTensorRT10()
+    build_engine(models["fp32"], tmp_path / "m.engine",
+                 BuildOptions(precision="fp16", dla_core=0, gpu_fallback=True),
+                 Flavour("tensorrt", ok, "10.3.0"), gpu)
+    assert ok.config.default_device_type == "DLA"
+
+
+@pytest.mark.parametrize(("wanted", "gpu", "targets"), [
+    (None, GpuInfo("NVIDIA GeForce RTX 2080 (mock)", "7.5"), ["7.5"]),  # Turing: from the GPU
+    (None, GpuInfo("NVIDIA GeForce RTX 4090 (mock)", "8.9"), None),  # the portable default
+    (None, GpuInfo(None, None, "no CUDA driver"), None),
+    ("8.6,8.9", GpuInfo(None, None, "no CUDA driver"), ["8.6", "8.9"]),
+])
+def test_tensorrt_rtx_compute_capabilities_and_no_explicit_batch(models, tmp_path, wanted, gpu,
+                                                                   targets):
+    """TensorRT-RTX engines run by default on 8.6/8.9/12.0 but Turing (7.5) must be named
+    at build time (NVIDIA's TensorRT-RTX api_usage sample); EXPLICIT_BATCH is deprecated
+    and ignored there (its 1.x version passed `major < 10`): never set."""
+    trt = MockTensorRTRTX()
+    side = build_engine(models["fp32"], tmp_path / "m.engine",
+                        BuildOptions(compute_capability=wanted),
+                        Flavour("tensorrt_rtx", trt, "1.0.0"), gpu)
+    typed = 1 << trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED
+    assert trt.calls[0] == ("create_network", (typed,))
+    set_cc = [c[1] for c in trt.calls if c[0] == "set_compute_capability"]
+    expected = [(f"SM{t.replace('.', '')}", i) for i, t in enumerate(targets or [])]
+    assert set_cc == expected
+    assert trt.config.num_compute_capabilities == len(targets or [])
+    assert side["build_options"]["compute_capabilities"] == targets
+
+
+def test_compute_capability_errors(models, tmp_path):
+    gpu = GpuInfo("mock", "8.7")
+    cases = [
+        (Flavour("tensorrt_rtx", MockTensorRTRTX(), "1.0.0"), "9.9", "no compute capability 9.9"),
+        (Flavour("tensorrt_rtx", MockTensorRTRTX(), "1.0.0"), "sm75", "--compute-capability sm75"),
+        (Flavour("tensorrt", MockTensorRT10(), "10.3.0"), "8.7", "TensorRT-RTX only"),
+    ]
+    for flavour, value, message in cases:
+        with pytest.raises(ConfigError, match=message) as info:
+            build_engine(models["fp32"], tmp_path / "m.engine",
+                         BuildOptions(compute_capability=value), flavour, gpu)
+        assert "\n" not in info.value.message
+
+
 def test_mock_tensorrt11_fp16_is_strongly_typed_from_a_converted_graph(models, tmp_path):
     trt = MockTensorRT11()
     side = build_engine(models["fp32"], tmp_path / "m.engine", BuildOptions(precision="fp16"),
@@ -303,6 +416,33 @@ def test_mock_tensorrt10_int8_calibrates_on_normal_images_and_reuses_only_a_matc
     assert third["calibration"]["cache_reused"] is False and changed.batches_seen == 4
 
 
+def test_a_config_error_after_the_calibrator_exists_pops_its_context(models, tmp_path,
+                                                                     monkeypatch):
+    """The calibrator's device input pushes the primary context until close(): a
+    ConfigError from the builder config (here --workspace-gb 0) must still close it, or
+    pycuda aborts at exit (exit 134) instead of the one-line error."""
+    from edgeas.export import trt_calibrator
+
+    cuda = MockPycudaDriver()
+    monkeypatch.setitem(sys.modules, "pycuda", cuda.package)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", cuda)
+    made = []  # keeps the calibrator alive: only an explicit close() may pop, not the GC
+
+    def keep(*args, **kwargs):
+        made.append(make(*args, **kwargs))
+        return made[-1]
+
+    make = trt_calibrator.make_entropy_calibrator
+    monkeypatch.setattr(trt_calibrator, "make_entropy_calibrator", keep)
+    images = tmp_path / "good"
+    _write_images(images, 32)
+    options = BuildOptions(precision="int8", calib_images=images, workspace_gb=0)
+    with pytest.raises(ConfigError, match="--workspace-gb"):
+        build_engine(models["fp32"], tmp_path / "m.engine", options,
+                     Flavour("tensorrt", MockTensorRT10(), "10.3.0"), GpuInfo("mock", "8.7"))
+    assert len(made) == 1 and cuda.depth == 0 and cuda.freed
+
+
 # --------------------------------------------------------------------------- real GPU
 
 
@@ -319,6 +459,9 @@ def _tensorrt_and_gpu():
 
 @pytest.mark.gpu
 @pytest.mark.trt
+# decided before the `models` fixture exports: without TensorRT there is nothing to do
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None,
+                    reason="needs NVIDIA TensorRT (not installed)")
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_standard_tensorrt_builds_and_deserialises_on_a_gpu(models, tmp_path, precision):
     flavour, gpu = _tensorrt_and_gpu()

@@ -117,6 +117,12 @@ class _MockConfig:
         self.default_device_type = "GPU"
         self.DLA_core = -1
         self.builder_optimization_level = 3
+        self.num_compute_capabilities = 0
+
+    def set_compute_capability(self, cc, index: int) -> bool:
+        assert 0 <= index < self.num_compute_capabilities, "set num_compute_capabilities first"
+        self.trt.record("set_compute_capability", cc, index)
+        return True
 
     def set_memory_pool_limit(self, pool, size) -> None:
         self.trt.record("set_memory_pool_limit", pool, size)
@@ -124,6 +130,10 @@ class _MockConfig:
     def set_flag(self, flag) -> None:
         assert flag in vars(self.trt.BuilderFlag).values(), f"no flag {flag} in this TensorRT"
         self.trt.record("set_flag", flag)
+
+    def clear_flag(self, flag) -> None:
+        assert flag in vars(self.trt.BuilderFlag).values(), f"no flag {flag} in this TensorRT"
+        self.trt.record("clear_flag", flag)
 
     def add_optimization_profile(self, profile) -> None:
         self.trt.record("add_optimization_profile", profile.shapes)
@@ -133,11 +143,15 @@ class _MockConfig:
 
     def create_timing_cache(self, data: bytes):
         self.trt.record("create_timing_cache", bytes(data))
-        return SimpleNamespace(serialize=lambda: self.trt.TIMING)
+        return SimpleNamespace(serialize=lambda: self.trt.TIMING, data=bytes(data))
 
-    def set_timing_cache(self, cache, ignore_mismatch) -> None:
+    def set_timing_cache(self, cache, ignore_mismatch) -> bool:
+        """False, as TensorRT's, for a cache made on another device (FOREIGN_TIMING)."""
         self.trt.record("set_timing_cache", ignore_mismatch)
+        if cache.data == self.trt.FOREIGN_TIMING and not ignore_mismatch:
+            return False
         self._cache = cache
+        return True
 
     def get_timing_cache(self):
         self.trt.record("serialize_timing_cache")
@@ -179,7 +193,8 @@ class MockTensorRT10:
 
     ENGINE = b"mock engine bytes"
     TIMING = b"mock timing cache"
-    FLAGS = ("FP16", "INT8", "PREFER_PRECISION_CONSTRAINTS", "GPU_FALLBACK")
+    FOREIGN_TIMING = b"timing cache of another GPU"
+    FLAGS = ("FP16", "INT8", "PREFER_PRECISION_CONSTRAINTS", "GPU_FALLBACK", "TF32")
 
     def __init__(self, version: str = "10.3.0") -> None:
         self.__version__ = version
@@ -228,10 +243,23 @@ class MockTensorRT10:
 class MockTensorRT11(MockTensorRT10):
     """A mock of `tensorrt` 11.x: strongly typed networks only, no FP16/INT8 flags."""
 
-    FLAGS = ("GPU_FALLBACK",)
+    FLAGS = ("GPU_FALLBACK", "TF32")  # TF32 stays in 11.x (not in the removed-API list)
 
     def __init__(self, version: str = "11.4.0") -> None:
         super().__init__(version)
+
+
+class MockTensorRTRTX(MockTensorRT11):
+    """A mock of `tensorrt_rtx` 1.x: strongly typed, compute capabilities chosen at build
+    time (IBuilderConfig.set_compute_capability), and, as in its early releases, a
+    deprecated EXPLICIT_BATCH creation flag that must not be set."""
+
+    def __init__(self, version: str = "1.0.0") -> None:
+        super().__init__(version)
+        self.NetworkDefinitionCreationFlag = _Members(EXPLICIT_BATCH=0, STRONGLY_TYPED=1)
+        self.ComputeCapability = _Members(NONE="NONE", CURRENT="CURRENT", SM75="SM75",
+                                          SM80="SM80", SM86="SM86", SM89="SM89",
+                                          SM120="SM120")
 
 
 class _MockDeviceMemory:
@@ -252,14 +280,17 @@ class MockPycudaDriver:
     def __init__(self) -> None:
         self.uploads: list[np.ndarray] = []
         self.freed = self.popped = False
+        self.depth = 0  # contexts pushed and not popped: pycuda aborts at exit if > 0
         self.package = SimpleNamespace(driver=self)
         driver = self
 
         class _Context:
             def push(self) -> None:
-                pass
+                driver.depth += 1
 
             def pop(self) -> None:
+                assert driver.depth > 0, "pop of an empty context stack"
+                driver.depth -= 1
                 driver.popped = True
 
         self.Device = lambda index: SimpleNamespace(retain_primary_context=_Context)

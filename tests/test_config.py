@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from edgeas.config import available_presets, load_config, neighbor_mask_leaves_tokens
@@ -50,6 +52,25 @@ def test_wrong_types_and_values_are_errors(tmp_path):
         with pytest.raises(ConfigError) as err:
             load_config(path)
         assert needle in str(err.value), text
+
+
+def test_the_aggregation_setting_is_checked_when_the_config_loads(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("preset: tiny\naggregation:\n  smoothing: none\n  levels: [res2, res1]\n")
+    cfg = load_config(path)
+    assert (cfg.aggregation.mode, cfg.aggregation.smoothing) == ("fused", "none")
+    path.write_text("preset: tiny\naggregation:\n  smoothing: [[3, 1.0], [3, 1], [5, 2], [1, 1]]\n")
+    assert load_config(path).aggregation.smoothing[2] == [5.0, 2.0]
+    for text, message in (("smoothing: oficial", "did you mean 'official'"),
+                          ("smoothing: [[3, 1.0]]", "1 .kernel, sigma. pairs"),
+                          ("levels: [res1, res9]", "unknown level 'res9'"),
+                          ("levels: res1", "must be a list"),
+                          ("levels: []", "non-empty list")):
+        path.write_text(f"preset: tiny\naggregation:\n  {text}\n")
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        assert str(path) in info.value.message
+        assert re.search(message, info.value.message + (info.value.hint or "")), text
 
 
 def test_unknown_preset_suggests_a_close_one():

@@ -1,7 +1,7 @@
 """The CUDA fused aggregation: its per-pixel arithmetic compiled for the host (g++, and
 nvcc for the __host__ __device__ branch) against the numpy/OpenCV path; the kernel
 compiled to PTX; the aggregator's calls on the CUDA layer (a stand-in, FakeCuda); the
-kernel itself on a GPU through edgeas.cuda (pycuda) where one exists."""
+kernel itself on a GPU through edgeas.cuda (pycuda and cuda-python) where one exists."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from fake_cuda import FakeCuda
 
-from edgeas.aggregate import aggregate, aggregate_batch
+from edgeas.aggregate import aggregate, aggregate_batch, fused_levels
 from edgeas.errors import DependencyError
 from edgeas.runtime.cuda_aggregate import (
     BLOCK,
@@ -22,6 +22,7 @@ from edgeas.runtime.cuda_aggregate import (
     KERNEL_DIR,
     KERNEL_FILE,
     KERNEL_NAME,
+    NVCC_OPTIONS,
     CudaFusedAggregator,
     pack_levels,
 )
@@ -50,11 +51,13 @@ def _compile(tmp: Path, compiler: str) -> ctypes.CDLL:
     lib = tmp / f"fused_{compiler.replace('+', 'p')}.so"
     if compiler == "nvcc":
         src = tmp / "shim.cu"
-        cmd = [exe, "-O2", "-shared", "-Xcompiler", "-fPIC", f"-I{KERNEL_DIR}", str(src), "-o",
-               str(lib)]
+        # the runtime's options: no fused multiply-add, so host and device round alike
+        cmd = [exe, "-O2", *NVCC_OPTIONS, "-shared", "-Xcompiler", "-fPIC", f"-I{KERNEL_DIR}",
+               str(src), "-o", str(lib)]
     else:
         src = tmp / "shim.cpp"
-        cmd = [exe, "-O2", "-shared", "-fPIC", f"-I{KERNEL_DIR}", str(src), "-o", str(lib)]
+        cmd = [exe, "-O2", "-ffp-contract=off", "-shared", "-fPIC", f"-I{KERNEL_DIR}", str(src),
+               "-o", str(lib)]
     src.write_text(SHIM)
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
@@ -73,8 +76,9 @@ def _maps(seed: int, high: float = 1.0) -> list[np.ndarray]:
             for s in (112, 56, 28, 14)]
 
 
-def _host_aggregate(lib: ctypes.CDLL, maps, out_hw, tau: float):
-    data, offsets, hs, ws = pack_levels(maps)
+def _host_aggregate(lib: ctypes.CDLL, maps, out_hw, tau: float, smoothing="none"):
+    # what CudaFusedAggregator uploads: the levels smoothed on the host, packed
+    data, offsets, hs, ws = pack_levels(fused_levels(maps, smoothing))
     h, w = out_hw
     out_map = np.empty((h, w), np.float32)
     out_mask = np.empty((h, w), np.uint8)
@@ -85,13 +89,15 @@ def _host_aggregate(lib: ctypes.CDLL, maps, out_hw, tau: float):
     return out_map, out_mask
 
 
+@pytest.mark.parametrize("smoothing", ["none", "official"])
 @pytest.mark.parametrize(("out_hw", "seed"), CASES)
-def test_host_compiled_cuda_arithmetic_matches_numpy_fused(host_lib, out_hw, seed):
+def test_host_compiled_cuda_arithmetic_matches_numpy_fused(host_lib, out_hw, seed, smoothing):
     maps = _maps(seed)
-    expected, _ = aggregate(maps, out_hw, None, "fused")  # the runtime's OpenCV path
-    torch_like = aggregate_batch([m[None] for m in maps], out_hw, "fused")[0]  # numpy, torch
+    # the runtime's OpenCV path, and the numpy one with torch's rounding
+    expected, _ = aggregate(maps, out_hw, None, "fused", smoothing)
+    torch_like = aggregate_batch([m[None] for m in maps], out_hw, "fused", smoothing)[0]
     tau = float(np.quantile(expected, 0.9))
-    got, mask = _host_aggregate(host_lib, maps, out_hw, tau)
+    got, mask = _host_aggregate(host_lib, maps, out_hw, tau, smoothing)
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() <= 1e-5
     assert np.abs(got - torch_like).max() <= 1e-5
@@ -106,7 +112,7 @@ def test_host_compiled_cuda_arithmetic_is_float_accurate_on_large_values(host_li
     """Products of four levels up to 2 reach ~10: float rounding, not the sampling, is then
     what differs (the OpenCV and numpy paths differ from each other by as much)."""
     maps = _maps(7, high)
-    expected, _ = aggregate(maps, (1080, 1920), None, "fused")
+    expected, _ = aggregate(maps, (1080, 1920), None, "fused", "none")
     got, _ = _host_aggregate(host_lib, maps, (1080, 1920), 1.0)
     assert np.abs(got - expected).max() <= 1e-5 * float(expected.max())
 
@@ -127,11 +133,12 @@ def test_kernel_compiles_to_ptx(tmp_path):
 
 def test_aggregator_calls_on_the_cuda_layer_stand_in():
     """Compiled once inside the shared context, a grid covering the frame, only the map
-    copied back without a threshold, every push popped, the inputs freed every call."""
+    copied back without a threshold, every push popped."""
     cuda = FakeCuda()
     context = cuda.primary_context()
     agg = CudaFusedAggregator(cuda, context)
-    assert cuda.kernels == [(KERNEL_NAME, KERNEL_FILE.name, [str(KERNEL_DIR)], [])]
+    assert cuda.kernels == [(KERNEL_NAME, KERNEL_FILE.name, [str(KERNEL_DIR)],
+                             list(NVCC_OPTIONS))]
     assert cuda.call_names() == ["primary_context", "push", "load_kernel", "stream", "pop"]
     maps = _maps(2)
     for threshold, copies in ((0.5, 2), (None, 1)):
@@ -146,8 +153,43 @@ def test_aggregator_calls_on_the_cuda_layer_stand_in():
         grid, block, args = cuda.launches[-1]
         assert block == BLOCK and grid == (2, 5)  # ceil(53 / 32), ceil(37 / 8)
         assert len(args) == 11
-    # the four level inputs are freed after each frame; the frame-sized outputs stay
-    assert len(cuda.live_buffers()) == 2
+    # the four level inputs and the map/mask stay allocated from frame to frame
+    assert len(cuda.live_buffers()) == 6
+
+
+def test_aggregator_reuses_its_buffers_and_copies_asynchronously_from_pinned_memory():
+    """No cuMemAlloc/cuMemFree per frame (cuMemFree synchronises the device), page-locked
+    host staging, and every copy and launch on the aggregator's own non-blocking stream,
+    so that the post thread never waits for inference's stream (FakeCuda refuses an
+    asynchronous copy from pageable memory)."""
+    cuda = FakeCuda()
+    context = cuda.primary_context()
+    agg = CudaFusedAggregator(cuda, context)
+    assert [s.non_blocking for s in cuda.streams] == [True]
+    maps = _maps(2)
+    agg(maps, (37, 53), 0.5)
+    del cuda.calls[:]
+    for _ in range(3):
+        agg(maps, (37, 53), 0.5)
+    names = cuda.call_names()
+    assert not {"alloc", "free", "pinned_empty", "free_pinned"} & set(names)
+    assert names.count("copy_from_host") == 3 * 4 and names.count("copy_to_host") == 3 * 2
+    moves = [c for c in cuda.calls if c[0] in ("copy_from_host", "copy_to_host", "launch")]
+    assert {c[-1] for c in moves} == {agg.stream.handle}
+    live = cuda.live()
+    agg(maps, (50, 64), None)  # another size: the old map and mask go, nothing piles up
+    assert cuda.live() == live
+
+
+def test_aggregator_close_releases_everything_inside_the_context():
+    cuda = FakeCuda()
+    context = cuda.primary_context()
+    agg = CudaFusedAggregator(cuda, context)
+    agg(_maps(2), (37, 53), 0.5)
+    agg.close()
+    agg.close()  # a second close does nothing
+    assert cuda.live() == {"buffers": 0, "streams": 0, "pinned": 0, "kernels": 0}
+    assert cuda.depth == 0 and cuda.call_names()[-1] == "pop"
 
 
 def test_aggregator_compile_failure_is_a_dependency_error_and_pops_the_context():
@@ -161,28 +203,35 @@ def test_aggregator_compile_failure_is_a_dependency_error_and_pops_the_context()
     assert cuda.call_names() == ["primary_context", "push", "pop"] and cuda.depth == 0
 
 
-def _gpu_or_skip():
+def _gpu_or_skip(layer: str):
     from edgeas.cuda import open_cuda
 
     try:
-        return open_cuda()
-    except DependencyError as exc:  # no pycuda, no driver or no device
+        return open_cuda(layer=layer)
+    except DependencyError as exc:  # no pycuda / cuda-python, no driver or no device
         pytest.skip(exc.message)
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("layer", ["pycuda", "cuda-python"])
 @pytest.mark.parametrize(("out_hw", "seed"), CASES)
-def test_kernel_on_gpu_matches_numpy_fused(out_hw, seed):
-    cuda = _gpu_or_skip()
+def test_kernel_on_gpu_matches_numpy_fused(out_hw, seed, layer):
+    """On each CUDA layer (pycuda: nvcc; cuda-python: NVRTC), odd sizes included."""
+    cuda = _gpu_or_skip(layer)
     context = cuda.primary_context()
+    agg = None
     try:
         agg = CudaFusedAggregator(cuda, context)
         maps = _maps(seed)
-        expected, _ = aggregate(maps, out_hw, None, "fused")
+        expected, _ = aggregate(maps, out_hw, None, "fused", "official")
         tau = float(np.quantile(expected, 0.9))
-        got, mask = agg(maps, out_hw, tau)
-        assert np.abs(got - expected).max() <= 1e-5
-        clear = np.abs(expected - tau) > 1e-5
-        assert np.array_equal(mask[clear], (expected >= np.float32(tau))[clear].astype(np.uint8))
+        for _ in range(2):  # the second frame reuses the buffers of the first
+            got, mask = agg(maps, out_hw, tau, "official")
+            assert np.abs(got - expected).max() <= 1e-5
+            clear = np.abs(expected - tau) > 1e-5
+            assert np.array_equal(mask[clear],
+                                  (expected >= np.float32(tau))[clear].astype(np.uint8))
     finally:
+        if agg is not None:
+            agg.close()
         context.release()

@@ -63,11 +63,28 @@ class StandInPycuda:
         class Stream:
             def __init__(self, flags: int = 0) -> None:
                 self.handle = 0xABC
+                driver.calls.append(("Stream", flags))
 
             def synchronize(self) -> None:
                 driver.calls.append(("synchronize",))
 
+            def __del__(self) -> None:  # pycuda's ~stream: cuStreamDestroy
+                driver.calls.append(("cuStreamDestroy", bool(driver.stack)))
+
+        class Pinned(bytearray):  # pycuda's PagelockedHostAllocation (a buffer with free)
+            def free(self) -> None:
+                assert driver.stack, "cuMemFreeHost with no current context"
+                driver.calls.append(("cuMemFreeHost", len(self)))
+
+        class Module:
+            def get_function(self, name: str):
+                return driver._function(name)
+
+            def __del__(self) -> None:  # pycuda's ~module: cuModuleUnload
+                driver.calls.append(("cuModuleUnload", bool(driver.stack)))
+
         self.Context, self.Allocation, self.Stream = Context, Allocation, Stream
+        self.Pinned, self.Module = Pinned, Module
         self.context = Context()
         self.device = SimpleNamespace(name=lambda: "Stand-in GPU",
                                       compute_capability=lambda: (8, 9),
@@ -103,7 +120,9 @@ class StandInPycuda:
         self.calls[-1] = ("memcpy_dtoh_async", int(src), dest.nbytes, stream.handle)
 
     def pagelocked_empty(self, shape, dtype, order="C", mem_flags=0) -> np.ndarray:
-        return np.empty(shape, dtype, order=order)
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        # the allocation object is the array's base, as pycuda makes it
+        return np.ndarray(shape, dtype, buffer=self.Pinned(nbytes), order=order)
 
     # pycuda.compiler
     def SourceModule(self, source, nvcc="nvcc", options=None, keep=False,  # noqa: N802
@@ -112,7 +131,7 @@ class StandInPycuda:
         if "#error" in source:
             raise RuntimeError("compile failed\n[command: nvcc --cubin ...]")
         self.calls.append(("SourceModule", options, list(include_dirs), no_extern_c))
-        return SimpleNamespace(get_function=lambda name: self._function(name))
+        return self.Module()
 
     def _function(self, name: str):
         def launch(*args, block, grid, stream=None, shared=0):
@@ -131,7 +150,7 @@ def pycuda(monkeypatch) -> StandInPycuda:
 
 
 def test_import_needs_no_pycuda_and_open_cuda_names_the_package():
-    run = run_without(("pycuda",), """
+    run = run_without(("pycuda", "cuda"), """
         import edgeas.cuda
         assert sys.modules.get("pycuda") is None
         from edgeas.errors import DependencyError
@@ -141,9 +160,10 @@ def test_import_needs_no_pycuda_and_open_cuda_names_the_package():
             print("ERR", exc.message, "|", exc.hint)
     """)
     assert run.returncode == 0, run.stderr
-    assert "ERR this command needs the Python package 'pycuda'" in run.stdout
+    assert "ERR the GPU path needs pycuda or cuda-python, and neither imports" in run.stdout
+    assert "(pycuda: No module named 'pycuda.driver'" in run.stdout
     assert "pip install pycuda" in run.stdout
-    bare = run_without(("pycuda", "numpy"), "import edgeas.cuda\n")
+    bare = run_without(("pycuda", "cuda", "numpy"), "import edgeas.cuda, edgeas.cuda_bindings\n")
     assert bare.returncode == 0, bare.stderr  # nothing heavy at import time
 
 
@@ -196,10 +216,10 @@ def test_device_buffer_lifecycle(pycuda):
         buffer.free()  # a second free does nothing
         with pytest.raises(RuntimeError, match="freed"):
             _ = buffer.ptr
-    names = [c[0] for c in pycuda.calls]
-    assert names == ["push", "memcpy_htod", "memcpy_htod_async", "memcpy_dtoh_async",
-                     "synchronize", "free", "pop"]
-    assert pycuda.calls[2][1:] == (ptr, 32, 0xABC) and pycuda.memory == {}
+    calls = [c for c in pycuda.calls if c[0] != "Stream"]
+    assert [c[0] for c in calls] == ["push", "memcpy_htod", "memcpy_htod_async",
+                                     "memcpy_dtoh_async", "synchronize", "free", "pop"]
+    assert calls[2][1:] == (ptr, 32, 0xABC) and pycuda.memory == {}
 
 
 def test_kernel_load_and_launch(pycuda):
@@ -221,6 +241,32 @@ def test_kernel_load_and_launch(pycuda):
     assert launch[3:5] == ((32, 8, 1), (2, 3)) and launch[5].handle == 0xABC
 
 
+def test_non_blocking_streams_and_releases_inside_the_context(pycuda):
+    """Streams are CU_STREAM_NON_BLOCKING (1) unless asked otherwise; close(), unload() and
+    free_pinned() release now, while the caller's context is current (pycuda destroys a
+    stream or module when its last reference goes: here, not later from the GC)."""
+    api = open_cuda()
+    with api.primary_context().active():
+        stream = api.stream()
+        api.stream(non_blocking=False).close()
+        host = api.pinned_empty((4, 4), np.float32)
+        api.free_pinned(host[1:])  # a view releases the allocation it views
+        with pytest.raises(ValueError, match="not an array from pinned_empty"):
+            api.free_pinned(np.zeros(3))
+        kernel = api.load_kernel('extern "C" __global__ void k() {}', "k")
+        kernel.unload()
+        kernel.unload()
+        with pytest.raises(RuntimeError, match="unloaded"):
+            kernel.launch((1,), (1,), [], stream)
+        stream.close()
+        stream.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            stream.synchronize()
+    calls = [c for c in pycuda.calls if c[0] not in ("push", "pop", "SourceModule")]
+    assert calls == [("Stream", 1), ("Stream", 0), ("cuStreamDestroy", True),
+                     ("cuMemFreeHost", 64), ("cuModuleUnload", True), ("cuStreamDestroy", True)]
+
+
 # ------------------------------------------------------------- the TensorRT backend
 
 
@@ -233,8 +279,10 @@ class StandInTensorRT:
     TensorIOMode = SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")
     OUTPUTS = {"dist_res1": 112, "dist_res2": 56, "dist_res3": 28, "dist_res4": 14}
 
-    def __init__(self, cuda: FakeCuda, ok: bool = True) -> None:
+    def __init__(self, cuda: FakeCuda, ok: bool = True, with_map: bool = False) -> None:
         self.cuda, self.ok = cuda, ok
+        # an engine built from an ONNX exported --with-map: two more outputs after the levels
+        self.extra = {"anomaly_map": (1, 224, 224), "score": ()} if with_map else {}
         trt = self
 
         class Logger:
@@ -251,15 +299,14 @@ class StandInTensorRT:
                 return trt
 
         self.Logger, self.Runtime = Logger, Runtime
-        self.names = ["image", *self.OUTPUTS]
+        self.names = ["image", *self.OUTPUTS, *self.extra]
+        self.num_io_tensors = len(self.names)
 
     @staticmethod
     def nptype(dtype):
         return np.float32
 
     # the engine
-    num_io_tensors = 5
-
     def get_tensor_name(self, i: int) -> str:
         return self.names[i]
 
@@ -267,6 +314,8 @@ class StandInTensorRT:
         return "INPUT" if name == "image" else "OUTPUT"
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        if name in self.extra:
+            return (-1, *self.extra[name])
         side = self.OUTPUTS.get(name)
         return (-1, 3, 224, 224) if side is None else (-1, 1, side, side)
 
@@ -304,6 +353,9 @@ class _StandInExecutionContext:
             out = trt.cuda.buffer_at(self.addresses[name]).memory
             values = np.repeat(image.mean(axis=1), side * side).astype(np.float32)
             out[: values.nbytes] = values.tobytes()
+        for name, dims in trt.extra.items():  # the whole buffer must be there for max batch
+            size = n * int(np.prod(dims, dtype=np.int64)) * 4
+            assert trt.cuda.buffer_at(self.addresses[name]).nbytes >= size, name
         trt.cuda.record("execute_async_v3", stream_handle)
         return trt.ok
 
@@ -335,6 +387,44 @@ def test_tensorrt_backend_on_the_cuda_layer(tmp_path, monkeypatch):
     assert cuda.calls[1][2:] == (x.nbytes, stream) and cuda.calls[2][1] == stream
     backend.close()
     assert cuda.live_buffers() == [] and cuda.call_names()[-2:] == ["pop", "release"]
+
+
+def test_tensorrt_backend_binds_every_io_tensor_of_an_engine_with_the_map(tmp_path, monkeypatch):
+    """An engine from `edgeas export --with-map` also has `anomaly_map` and `score`;
+    enqueueV3 refuses to run while any I/O tensor has no address, so all are bound and
+    only the level maps travel back."""
+    from edgeas.runtime.tensorrt_backend import TensorRTBackend
+
+    cuda = FakeCuda()
+    monkeypatch.setitem(sys.modules, "tensorrt", StandInTensorRT(cuda, with_map=True))
+    backend = TensorRTBackend(_engine(tmp_path), cuda=cuda)
+    x = np.ones((3, 3, 224, 224), np.float32)
+    del cuda.calls[:]
+    maps = backend.infer(x)
+    assert len(cuda.live_buffers()) == 7
+    assert [m.shape for m in maps] == [(3, 112, 112), (3, 56, 56), (3, 28, 28), (3, 14, 14)]
+    assert cuda.call_names().count("copy_to_host") == 4  # the extra outputs stay on the GPU
+    backend.close()
+    assert cuda.live_buffers() == []
+
+
+def test_tensorrt_backend_close_releases_everything_before_detaching(tmp_path, monkeypatch):
+    """close(): the aggregator's and the backend's buffers, pinned arrays, streams and
+    the kernel's module are released inside the context, then the context is detached;
+    both streams are non-blocking (no implicit sync with the legacy default stream)."""
+    from edgeas.runtime.tensorrt_backend import TensorRTBackend
+
+    cuda = FakeCuda()
+    monkeypatch.setitem(sys.modules, "tensorrt", StandInTensorRT(cuda))
+    backend = TensorRTBackend(_engine(tmp_path), cuda=cuda)
+    maps = backend.infer(np.ones((1, 3, 224, 224), np.float32))
+    backend.gpu_aggregator()([m[0] for m in maps], (224, 224), 0.5)
+    assert [s.non_blocking for s in cuda.streams] == [True, True]
+    backend.close()
+    backend.close()  # a second close does nothing
+    assert cuda.live() == {"buffers": 0, "streams": 0, "pinned": 0, "kernels": 0}
+    names = cuda.call_names()
+    assert names.count("release") == 1 and names[-1] == "release" and cuda.depth == 0
 
 
 def test_tensorrt_backend_pops_the_context_when_tensorrt_fails(tmp_path, monkeypatch):

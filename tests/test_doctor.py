@@ -159,8 +159,30 @@ def test_stream_names_the_missing_model_and_camera_backend(tmp_path):
     assert report["events"]["dir"] == str(tmp_path / "events")
     # csi:// goes through nvarguscamerasrc: OpenCV must have GStreamer.
     assert ("GStreamer in OpenCV" in missing) == (not report["opencv"]["GStreamer"])
-    if not has("pycuda"):  # engines need pycuda beside TensorRT
-        assert "pycuda" in missing
+    if report["cuda_layer"] is None:  # engines need pycuda or cuda-python beside TensorRT
+        assert "pycuda or cuda-python" in missing
+    elif report[report["cuda_layer"].replace("-", "_")].get("error"):  # no driver here
+        assert "access to the GPU" in missing
+
+
+def test_doctor_reports_which_cuda_layer_the_gpu_path_uses(tmp_path):
+    """pycuda first; cuda-python (cuda.bindings) stands in where pycuda is missing; with
+    neither, an engine station misses 'pycuda or cuda-python'."""
+    report = json.loads(run_doctor("--json", block="pycuda").stdout)
+    assert report["pycuda"]["version"] is None
+    if has("cuda.bindings"):
+        assert report["cuda_python"]["version"] and report["cuda_layer"] == "cuda-python"
+    table = run_doctor(block="pycuda,cuda")
+    assert "cuda-python" in table.stdout and "CUDA layer" in table.stdout
+    assert "none (pip install pycuda, or cuda-python)" in table.stdout
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"placeholder")
+    config = station_file(tmp_path, "file:///x.mp4", engine)
+    done = run_doctor("--json", "--for", "stream", "--config", str(config),
+                      block="pycuda,cuda,torch")
+    missing = {m["what"]: m for m in json.loads(done.stdout)["check"]["missing"]}
+    assert "pycuda or cuda-python" in missing
+    assert "cuda-python" in missing["pycuda or cuda-python"]["install"]
 
 
 def test_unreadable_station_file_is_a_config_error(tmp_path):

@@ -38,11 +38,18 @@ def test_synth_train_eval_beats_untrained(tmp_path):
     assert set(result["mean"]) == set(metric_names(with_deploy=True)) | set(DECISION_METRICS)
     for name in ("pr_curves.png", "pap_dsc.png", "examples.png", "decisions.png"):
         assert (out / name).stat().st_size > 10_000
-    # the runtime's fused aggregation is measured against the reference on the same maps
+    # the settings compared, each in both modes; the model's own reference figure is the
+    # table's, and fused is measured against it on the same maps
     check = json.loads((out / "aggregation.json").read_text())
-    assert check["pixel_ap_reference"] == pytest.approx(result["mean"]["pixel_ap"])
-    assert 0 < check["pixel_ap_fused"] <= 1
-    print(f"fused - reference pAP: {check['fused_minus_reference_points']:+.2f} points")
+    assert (check["setting"], check["mode"]) == ("official", "fused")
+    assert set(check["settings"]) == {"official", "none"}
+    own = check["settings"]["official"]
+    assert own["reference"]["pixel_ap"] == pytest.approx(result["mean"]["pixel_ap"])
+    assert 0 < own["fused"]["pixel_ap"] <= 1 and 0 <= check["fused_vs_reference"][
+        "same_decision"] <= 1
+    gap = check["fused_vs_reference"]["pixel_ap_points"]
+    assert gap == pytest.approx(100 * (own["fused"]["pixel_ap"] - own["reference"]["pixel_ap"]))
+    print(f"fused - reference pAP: {gap:+.2f} points")
 
     stored = load_checkpoint(run / "last.pt")
     torch.manual_seed(0)

@@ -71,7 +71,7 @@ def test_resolve_takes_the_record_and_the_overrides(caplog):
     s = resolve(rec)
     assert (s.threshold, s.min_area, s.mode) == (0.5, 7, "reference")
     assert s.threshold_origin == "metadata (quantile, reference)"
-    assert s.blur == [tuple(b) for b in rec.aggregation.blur]
+    assert s.smoothing == rec.aggregation.blur and s.levels is None
     s = resolve(rec, threshold=0.9, min_area=0, mode="fused")
     assert (s.threshold, s.threshold_origin, s.min_area, s.mode) == (0.9, "override", 0, "fused")
     with caplog.at_level(logging.WARNING, logger="edgeas.stream"):

@@ -96,6 +96,27 @@ def test_schema1_files_migrate_with_their_defaults_filled_in_once():
     assert rec.to_json()["schema"] == SCHEMA
 
 
+def test_the_aggregation_setting_round_trips_and_an_empty_blur_means_its_schema_s_meaning():
+    tau = make_threshold(0.3, "frame_fpr", None, "fused")
+    post = postprocessing("fused", tau, 0, smoothing="none", levels=["res3", "res1"])
+    rec = new_record(
+        preset="tiny", backbone="efficientnet_lite0",
+        recipe=Recipe((224, 224), LITE_MEAN, LITE_STD), strides=[2, 4, 8, 16],
+        postprocess=post, classes=["a"], data_fingerprint="f", config={})
+    data = rec.to_json()
+    # none is an empty list on disk, the level set in the model's order
+    assert data["aggregation"] == {"mode": "fused", "blur": [], "levels": ["res1", "res3"]}
+    back = ModelRecord.from_json(data, "m.onnx")
+    assert back.aggregation.blur == () and back.aggregation.levels == ("res1", "res3")
+    # schema 1 wrote an empty list for the official smoothing; schema 2 never wrote one
+    old = dict(SCHEMA1_CHECKPOINT, aggregation={"mode": "reference", "blur": []})
+    assert ModelRecord.from_json(old, "old.pt").aggregation.blur == OFFICIAL_BLUR
+    assert ModelRecord.from_json(dict(old, schema=2), "new.pt").aggregation.blur == ()
+    # a file without a level set uses every level
+    assert ModelRecord.from_json(SCHEMA1_CHECKPOINT, "old.pt").aggregation.levels == (
+        "res1", "res2", "res3", "res4")
+
+
 def test_unknown_keys_are_kept_and_future_schemas_refused():
     data = dict(SCHEMA1_CHECKPOINT, note="from a later edgeas",
                 threshold=dict(SCHEMA1_CHECKPOINT["threshold"], images=40, history=[]))
@@ -112,6 +133,9 @@ def test_unknown_keys_are_kept_and_future_schemas_refused():
     ({"threshold": {"value": 0.1, "policy": "median"}}, "threshold.policy"),
     ({"aggregation": {"mode": "blurry"}}, "aggregation.mode"),
     ({"aggregation": {"mode": "reference", "blur": [[3, 1.0]]}}, "blur"),
+    ({"aggregation": {"mode": "reference", "blur": [[4, 1.0]] * 4}}, "kernel=4"),
+    ({"aggregation": {"mode": "fused", "levels": ["res1", "res5"]}}, "unknown level 'res5'"),
+    ({"aggregation": {"mode": "fused", "levels": []}}, "aggregation.levels"),
     ({"precision": "int4"}, "precision"),
     ({"min_area": -1}, "min_area"),
     ({"mean": "grey"}, "preprocessing"),

@@ -1,4 +1,5 @@
-"""The runtime imports on a bare station image: no torch, TensorRT, pycuda or ONNX Runtime."""
+"""The runtime imports on a bare station image: no torch, TensorRT, pycuda, cuda-python or
+ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from sample_records import write_engine
 
 from edgeas.errors import ArtifactError, DependencyError
 
-BLOCKED = ("torch", "torchvision", "tensorrt", "tensorrt_rtx", "pycuda", "onnxruntime")
+BLOCKED = ("torch", "torchvision", "tensorrt", "tensorrt_rtx", "pycuda", "cuda", "onnxruntime")
 MODULES = ("backends", "bench", "command", "cuda_aggregate", "events", "pipeline", "preprocess",
            "render", "server", "sinks", "sources", "station", "stats", "tensorrt_backend")
 

@@ -112,6 +112,17 @@ def test_every_sink_gets_open_frames_events_and_close_in_order():
     assert summary["a"] == summary["b"] == 5  # each sink adds to the summary
     assert a.context.source == "memory://5-frames" and a.context.model == "fake.onnx"
     assert a.context.threshold == 0.5 and a.context.live is False
+    # what the live page shows of the station and its sources
+    (info,) = a.context.sources
+    assert (info.name, info.uri, info.kind, info.live) == ("memory", "memory://5-frames",
+                                                          "file", False)
+    assert info.condition()[0] == "ended"  # asked after the run: the source ran out
+    station = a.context.station
+    assert station["model"] == "fake.onnx" and station["backend"] == "fake"
+    assert station["threshold"] == {"value": 0.5, "origin": "override", "overridden": True,
+                                    "policy": None, "param": None, "fitted": None}
+    assert station["min_area"] == 0 and station["aggregation"] == {
+        "mode": "fused", "smoothing": "official", "levels": "all"}
     r = a.results[1]
     assert (r.index, r.is_ng, r.score, r.threshold, r.model) == (1, True, 1.0, 0.5, "fake.onnx")
     # decided at the model's size (32x32), boxes in frame pixels (issue 12)
@@ -195,8 +206,13 @@ def test_sink_names_are_unique():
 def test_events_and_recording_as_sinks(tmp_path):
     writer = EventWriter(EventLog(tmp_path / "ev", 10, "memory://5-frames"))
     recorder = Recorder(tmp_path / "rec.avi", 25)
+    seen = Calls("seen")
     pattern = [DARK, BRIGHT, DARK, DARK, BRIGHT]
-    summary = _pipeline(pattern, [writer, recorder]).run()
+    summary = _pipeline(pattern, [writer, recorder, seen]).run()
+    # the writer declared its folder to the other sinks (the live page serves from it)
+    (store,) = seen.context.event_stores
+    assert store.folder == tmp_path / "ev" and store.budget_bytes == 10 * 2**20
+    assert store.used_bytes() == writer.events.total_bytes > 0
     lines = [json.loads(s) for s in (tmp_path / "ev" / "events.jsonl").read_text().splitlines()]
     assert [e["frame"] for e in lines] == [1, 4]  # the writer was drained on close
     assert lines[0]["source"] == "memory://5-frames" and lines[0]["threshold"] == 0.5
@@ -221,20 +237,26 @@ def test_the_live_page_publishes_the_status_and_the_events_written():
         context = SinkContext("memory://x", False, None, "fake.onnx", 0.5)
         server.open(context)
         assert server.needs_render  # the first frame is due (idle refresh)
-        context.recent_events.appendleft({"frame": 3, "score": 1.0})  # what a writer adds
+        event = {"frame": 3, "score": 1.0, "image": "00000003_t.png"}
+        context.recent_events.appendleft(event)  # what a writer adds
         result = FrameResult(3, "memory://x", BRIGHT, np.ones(HW, np.float32),
                              np.ones(HW, np.uint8), True, 1.0, 0.5, [[0, 0, 64, 48]], 0.01, 20.0,
                              0, "fake.onnx", rendered=BRIGHT)
         server.on_frame(result)
-        status = server.state.status
-        assert set(status) == STATUS_KEYS | {"events", "running"}
-        assert status["events"] == [{"frame": 3, "score": 1.0}] and status["verdict"] == "NG"
-        assert server.state.seq == 1 and server.state.frame is BRIGHT
+        status = server.status()
+        assert set(status) == {"running", "station", "sources", "events"}
+        (source,) = status["sources"]
+        # the picture served and the newest frame decided: here the same frame
+        assert source["shown"] == dict(result.status(), seq=1)
+        assert source["latest"] == result.status() and set(result.status()) == STATUS_KEYS
+        assert status["events"]["recent"] == [dict(event, id="00000003_t")]
+        view = server.state.views[0]
+        assert view.seq == 1 and view.frame is BRIGHT
         assert not server.needs_render  # no viewer, and the refresh is not due yet
     finally:
         server.close()
         server.close()  # closing twice is harmless (the pipeline and its owner may both)
-    assert server.state.status["running"] is False
+    assert server.status()["running"] is False
 
 
 def test_the_factory_builds_the_sinks_the_options_ask_for(tmp_path):

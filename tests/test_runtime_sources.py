@@ -96,12 +96,16 @@ def test_a_video_file_never_drops_a_frame(tmp_path):
     clip = tmp_path / "clip.avi"
     _video(clip, 40)
     source = open_source(parse_source(video=str(clip)))
+    opened = time.time()
+    assert source.condition()[0] == "reading"
     seen = []
     while (frame := source.read()) is not None:
         seen.append(_index(frame))
         time.sleep(0.002)  # a slow consumer changes nothing for a file
     source.close()
     assert seen == list(range(40)) and source.ended and source.dropped == 0
+    state, since = source.condition()  # what the live page shows of it
+    assert state == "ended" and opened <= since <= time.time()
 
 
 def test_a_folder_keeps_sizes_and_grayscale_and_skips_unreadable_files(tmp_path):
@@ -125,9 +129,13 @@ def test_a_live_source_hands_the_newest_frame_counts_drops_and_reconnects(tmp_pa
     _video(clip, 60)
     spec = SourceSpec("v4l2", "camera", "v4l2:///dev/test-camera")
     live = LiveSource(spec, opener=lambda s: cv2.VideoCapture(str(clip)))
+    states = []  # what the live page would show, in order
+    enter = live._enter
+    live._enter = lambda state: (states.append(state), enter(state))
     seen = []
     with caplog.at_level(logging.WARNING, logger="edgeas.stream"):
         live.open()
+        assert live.condition()[0] == "live"
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and (live.reconnects < 1 or len(seen) < 5):
             frame = live.read(timeout=1.0)
@@ -139,9 +147,19 @@ def test_a_live_source_hands_the_newest_frame_counts_drops_and_reconnects(tmp_pa
     # every captured frame was handed out or counted as dropped (one may still be waiting)
     assert live.frames_captured - len(seen) - live.dropped in (0, 1)
     assert live.reconnects >= 1 and "reconnecting" in caplog.text and "reconnected" in caplog.text
+    assert states[:3] == ["live", "reconnecting", "live"] and states[-1] == "closed"
     # newest first: indices only go back when the 'camera' restarted
     backwards = sum(b <= a for a, b in zip(seen, seen[1:]))
     assert backwards <= live.reconnects
+
+
+def test_a_camera_password_is_not_shown():
+    from edgeas.runtime.sources import redact
+
+    shown = redact("rtsp://admin:s3cret@10.0.0.7:554/stream1")
+    assert shown == "rtsp://admin:***@10.0.0.7:554/stream1"
+    for uri in ("rtsp://10.0.0.7/x", "rtsp://admin@10.0.0.7/x", "/data/line:1@2.mp4"):
+        assert redact(uri) == uri
 
 
 def test_a_live_source_that_cannot_open_is_an_error():

@@ -59,8 +59,9 @@ def _run(frame_hw, min_area: int, events_dir=None) -> FrameResult:
     frame = np.full((*frame_hw, 3), 128, np.uint8)
     keep = Keep()
     sinks = [keep] + ([EventWriter(EventLog(events_dir, 50))] if events_dir else [])
-    Pipeline(SameMaps(), MemorySource([frame], 1), Settings(0.5, "override", min_area, "fused"),
-             sinks).run()
+    # no smoothing: the blob's size in model pixels is then known by hand
+    settings = Settings(0.5, "override", min_area, "fused", smoothing=())
+    Pipeline(SameMaps(), MemorySource([frame], 1), settings, sinks).run()
     (result,) = keep.results
     return result
 

@@ -23,21 +23,21 @@ DECISION_TABLE = {"frame_recall": "frame recall", "frame_false_ng": "false NG",
 
 @dataclass
 class Predictions:
-    maps: np.ndarray  # (N, H, W) float32 anomaly maps, reference aggregation
+    maps: np.ndarray  # (N, H, W) float32: the model's setting, reference mode (paper-like)
     masks: np.ndarray  # (N, H, W) uint8 0/1
     classes: list[str]
     images: list[str]  # file paths
-    threshold_maps: np.ndarray | None = None  # maps in the threshold's mode, when it differs
-    fused_maps: np.ndarray | None = None  # the runtime's fast path, to measure what it costs
+    # the maps the station's decisions come from (the record's mode and setting), when
+    # they differ from `maps`; deployable DSC and the decision metrics use them
+    station_maps: np.ndarray | None = None
     decision_mode: str = "reference"  # the aggregation mode the station decides with
+    levels: list[np.ndarray] = field(default_factory=list, repr=False)  # raw, res1 first
     _scores: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def decision_maps(self) -> np.ndarray:
-        """The maps the station's decisions come from (its aggregation mode), model size."""
-        if self.decision_mode == "fused" and self.fused_maps is not None:
-            return self.fused_maps
-        return self.maps
+        """The maps the station's decisions come from (its aggregation), model size."""
+        return self.maps if self.station_maps is None else self.station_maps
 
     def decision_scores(self, min_area: int) -> np.ndarray:
         """`edgeas.decisions.decision_scores` of `decision_maps`, computed once per min_area
@@ -53,6 +53,7 @@ def predict_test_set(model, record: ModelRecord, data: Path, batch: int = 8) -> 
     """Run the model over every test image of DATA (all classes it holds)."""
     import torch
 
+    from edgeas.postprocess import record_setting
     from edgeas.train.data import index_dataset
     from edgeas.train.datasets import TestImages
     from edgeas.train.inference import aggregate_maps, predict_level_maps
@@ -73,14 +74,13 @@ def predict_test_set(model, record: ModelRecord, data: Path, batch: int = 8) -> 
             model, dataset, batch, torch.device("cpu"), lambda n: bar.advance(task, n)
         )
     size = tuple(recipe.input_size)
-    maps = aggregate_maps(levels, size, "reference")
-    mode = record.threshold.mode
-    fused = aggregate_maps(levels, size, "fused")
-    threshold_maps = fused if mode == "fused" else None
+    mode, smoothing, use = record_setting(record)
+    maps = aggregate_maps(levels, size, "reference", smoothing, use)
+    station = None if mode == "reference" else aggregate_maps(levels, size, mode, smoothing, use)
     masks = np.stack([dataset[i][1].numpy() for i in range(len(dataset))]).astype(np.uint8)
     return Predictions(
         maps, masks, [s.cls for s in index.test], [str(s.path) for s in index.test],
-        threshold_maps, fused, record.aggregation.mode,
+        station, mode, levels,
     )
 
 
@@ -108,7 +108,7 @@ def _segmentation_metrics(pred: Predictions,
                           threshold: float | None) -> dict[str, dict[str, float]]:
     from edgeas.metrics import dice_per_image, evaluate
 
-    if pred.threshold_maps is None or threshold is None:
+    if pred.station_maps is None or threshold is None:
         return evaluate(pred.maps, pred.masks, pred.classes, threshold)
     result = evaluate(pred.maps, pred.masks, pred.classes, None)
     labels = np.asarray(pred.classes)
@@ -117,24 +117,11 @@ def _segmentation_metrics(pred: Predictions,
         if cls != "mean":
             keep = labels == cls
             metrics["dsc_deploy"] = dice_per_image(
-                pred.threshold_maps[keep], pred.masks[keep], threshold
+                pred.station_maps[keep], pred.masks[keep], threshold
             )
             values.append(metrics["dsc_deploy"])
     result["mean"]["dsc_deploy"] = float(np.nanmean(values)) if values else float("nan")
     return result
-
-
-def aggregation_check(pred: Predictions) -> dict[str, float]:
-    """pAP of the runtime's fused aggregation against the reference one (protocol 3: a gap
-    above 0.5 points makes `reference` the runtime default)."""
-    from edgeas.metrics import evaluate
-
-    if pred.fused_maps is None:
-        return {}
-    ref = evaluate(pred.maps, pred.masks, pred.classes)["mean"]["pixel_ap"]
-    fused = evaluate(pred.fused_maps, pred.masks, pred.classes)["mean"]["pixel_ap"]
-    return {"pixel_ap_reference": ref, "pixel_ap_fused": fused,
-            "fused_minus_reference_points": 100 * (fused - ref)}
 
 
 def print_table(result: dict[str, dict[str, float]], title: str,
@@ -191,14 +178,11 @@ def eval_command(checkpoint: Path, data: Path, out: Path | None, batch: int = 8)
     out = Path(out) if out else Path(checkpoint).parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, allow_nan=True))
-    check = aggregation_check(pred)
-    if check:
-        atomic_write_text(out / "aggregation.json", json.dumps(check, indent=2, allow_nan=True))
-        console.print(
-            f"aggregation: pAP reference {100 * check['pixel_ap_reference']:.2f}, fused "
-            f"{100 * check['pixel_ap_fused']:.2f} ({check['fused_minus_reference_points']:+.2f} "
-            "points)"
-        )
+    from edgeas.train.eval_settings import compare_settings, print_settings
+
+    check = compare_settings(pred, record, threshold, min_area)
+    atomic_write_text(out / "aggregation.json", json.dumps(check, indent=2, allow_nan=True))
+    print_settings(check)
     from edgeas.train.report import write_figures
 
     figures = write_figures(pred, result, threshold, out, min_area)

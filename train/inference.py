@@ -39,8 +39,10 @@ def predict_level_maps(
     return [np.concatenate(chunks) for chunks in levels]
 
 
-def aggregate_maps(levels: list[np.ndarray], out_hw: tuple[int, int], mode: str) -> np.ndarray:
-    """Per image, the four level maps -> one anomaly map (N, H, W) at `out_hw`."""
+def aggregate_maps(levels: list[np.ndarray], out_hw: tuple[int, int], mode: str,
+                   smoothing: Any = None, use: Any = None) -> np.ndarray:
+    """Per image, the level maps -> one anomaly map (N, H, W) at `out_hw`, for an
+    aggregation setting (`smoothing`, level set `use`) in `mode` (edgeas.aggregate)."""
     from edgeas.aggregate import aggregate_batch
 
-    return aggregate_batch(levels, out_hw, mode)
+    return aggregate_batch(levels, out_hw, mode, smoothing, use)

@@ -29,7 +29,7 @@ def fit_thresholds(cfg: EdgeasConfig, model, val_set, device):
     class's held-out images gives the per-class thresholds."""
     import numpy as np
 
-    from edgeas.postprocess import make_threshold
+    from edgeas.postprocess import config_setting, make_threshold
     from edgeas.thresholds import fit_threshold
     from edgeas.train.inference import aggregate_maps, predict_level_maps
 
@@ -42,7 +42,8 @@ def fit_thresholds(cfg: EdgeasConfig, model, val_set, device):
         )
         return make_threshold(None, t.policy, t.param, mode, images=0, **setting)
     levels = predict_level_maps(model, val_set, batch=8, device=device)
-    maps = aggregate_maps(levels, tuple(cfg.input_size), mode)
+    maps = aggregate_maps(levels, tuple(cfg.input_size), mode,
+                          *config_setting(cfg.aggregation))
     fit = fit_threshold(maps, t.policy, t.param, **setting)
     classes = np.array([s.cls for s in val_set.samples])
     per_class, short = {}, []
