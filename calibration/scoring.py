@@ -2,7 +2,8 @@
 outputs of the held-out normal images and, with --eval-data, the FP32 anomaly maps of the
 test split are computed once; a candidate session is then run over the same images and
 scored as the gate scores it (per-image cosine of each per-level map and of the anomaly
-map, the record's aggregation as the gate computes it; pAP, DSC and AUROCs via `edgeas.metrics.evaluate`).
+map in the record's aggregation setting; pAP, DSC and AUROCs via
+`edgeas.metrics.evaluate`).
 
 What the mixed-precision search (`sensitivity`) ranks and accepts candidates by; the
 written models still go through `gate.Gate`, the one verdict `edgeas calibrate` gives.
