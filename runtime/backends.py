@@ -177,6 +177,10 @@ def open_backend(path: str | Path, device: str = "auto") -> Backend:
     CUDA/TensorRT providers when present), "cpu" or "gpu"; a remote model runs wherever
     its server put it."""
     if isinstance(path, str) and path.split("://", 1)[0].lower() in REMOTE_SCHEMES:
+        if device != "auto":  # not silently ignored: the server decides where it runs
+            raise ConfigError(f"--device {device}: {path} runs where its Triton server "
+                              "placed it (the instance_group of its config)",
+                              hint="leave --device out for a triton:// model")
         from edgeas.runtime.triton_backend import TritonBackend
 
         return TritonBackend(path)

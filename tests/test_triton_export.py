@@ -5,6 +5,7 @@ schema (tritonclient's model_config_pb2), and the one-line refusals. No server n
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from test_stream_support import edgeas, trained_model_path
@@ -121,3 +122,19 @@ def test_no_server_at_a_triton_url_is_a_one_line_error(tmp_path):
     errors = _error_lines(run)
     assert len(errors) == 1 and f"no Triton server answers at 127.0.0.1:{port}" in errors[0]
     assert "hint:" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize(("url", "culprit"), [
+    ("triton://127.0.0.1:8001/", "expected triton://HOST:PORT/NAME"),
+    ("triton://127.0.0.1:8001/edgeas?retries=3", "unknown option 'retries'"),
+    ("tritonhttp://127.0.0.1:8000/edgeas?timeout=0", "timeout must be a number of seconds"),
+])
+def test_bad_triton_urls_are_config_errors(url, culprit):
+    pytest.importorskip("tritonclient.grpc")
+    from edgeas.errors import ConfigError
+    from edgeas.runtime.backends import open_backend
+
+    with pytest.raises(ConfigError, match=re.escape(culprit)):
+        open_backend(url)
+    with pytest.raises(ConfigError, match="--device cpu"):
+        open_backend("triton://127.0.0.1:8001/edgeas", device="cpu")
