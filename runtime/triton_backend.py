@@ -113,7 +113,10 @@ class TritonBackend(Backend):
         self.outages = 0  # times the server went away mid-stream (and came back or not)
         self._module = require(f"tritonclient.{self.url.protocol}",
                                f"tritonclient[{self.url.protocol}]", "triton")
-        self._local = threading.local()  # the HTTP client is not shared across threads
+        # a client per thread (the HTTP one is not thread-safe); all of them closed at the end
+        self._local = threading.local()
+        self._clients: list[Any] = []
+        self._clients_lock = threading.Lock()
         self._down_since: float | None = None
         self.unanswered_batches = 0
         config = self._start_up()
@@ -125,14 +128,22 @@ class TritonBackend(Backend):
         client = getattr(self._local, "client", None)
         if client is None or fresh:
             if client is not None:
-                with contextlib.suppress(Exception):  # the old connection may be dead
-                    client.close()
+                self._forget(client)
             kwargs: dict[str, Any] = {}
             if self.url.protocol == "http":
                 kwargs = {"connection_timeout": self.timeout_s, "network_timeout": self.timeout_s}
             client = self._module.InferenceServerClient(self.url.address, **kwargs)
             self._local.client = client
+            with self._clients_lock:
+                self._clients.append(client)
         return client
+
+    def _forget(self, client: Any) -> None:
+        with self._clients_lock:
+            if client in self._clients:
+                self._clients.remove(client)
+        with contextlib.suppress(Exception):  # the old connection may be dead
+            client.close()
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         if self.url.protocol == "grpc":
@@ -264,7 +275,7 @@ class TritonBackend(Backend):
                     outages=self.outages, unanswered_batches=self.unanswered_batches)
 
     def close(self) -> None:
-        client = getattr(self._local, "client", None)
-        if client is not None:
-            with contextlib.suppress(Exception):  # closing a dead connection
-                client.close()
+        with self._clients_lock:
+            clients = list(self._clients)
+        for client in clients:
+            self._forget(client)

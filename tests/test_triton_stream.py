@@ -97,8 +97,9 @@ def test_maps_equal_onnx_runtime_in_batches_past_max_batch(server, model):
         local.close()
 
 
+@pytest.mark.parametrize("scheme", ["triton", "tritonhttp"])
 def test_a_server_restart_mid_stream_loses_no_event(server, clip, local_events, tmp_path,
-                                                    monkeypatch):
+                                                    monkeypatch, scheme):
     """Frame 6 is read only once the server is down; it comes back while the station
     retries, and every frame is answered (the events equal the local run's)."""
     opened = command.open_source
@@ -119,7 +120,8 @@ def test_a_server_restart_mid_stream_loses_no_event(server, clip, local_events, 
         return source
 
     monkeypatch.setattr(command, "open_source", open_source)
-    summary = _stream(f"triton://{server.grpc}/edgeas?outage=150", clip, tmp_path)
+    address = server.grpc if scheme == "triton" else server.http
+    summary = _stream(f"{scheme}://{address}/edgeas?outage=150", clip, tmp_path)
     assert restarted.wait(150)
     assert summary["backend"]["outages"] == 1 and summary["unanswered"] == 0
     assert summary["frames"] == len(PATTERN)
