@@ -170,3 +170,15 @@ def test_bench_times_a_served_model(server):
     result = run_bench(f"triton://{server.grpc}/edgeas", frames=4, batch=2, warmup=1)
     assert result["backend_only"]["frames"] == 4 and result["pipeline"]["frames"] == 4
     assert result["url"] == f"triton://{server.grpc}/edgeas" and result["max_batch_size"] == 4
+
+
+def test_a_thin_station_needs_neither_torch_nor_onnx_runtime(server, clip, local_events,
+                                                             tmp_path):
+    from blocked_python import edgeas_without
+
+    run = edgeas_without(("torch", "tensorrt", "onnxruntime"), "stream", "--model",
+                         f"triton://{server.grpc}/edgeas", "--video", str(clip.path),
+                         "--threshold", str(THRESHOLD), "--min-area", str(MIN_AREA),
+                         "--events", str(tmp_path), timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert _comparable(read_events(tmp_path)) == _comparable(local_events[1])
