@@ -11,6 +11,7 @@ from rich.console import Console
 
 from edgeas.cli_errors import Root, report_click_error
 from edgeas.cli_threshold import threshold_app
+from edgeas.cli_triton import export_triton
 
 app = typer.Typer(
     cls=Root,
@@ -21,6 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(threshold_app, name="threshold")
+app.command("export-triton")(export_triton)
 console = Console(stderr=True)
 
 
@@ -319,7 +321,9 @@ def stream(
     source: str | None = typer.Argument(
         None, help="v4l2:///dev/video0, csi://0, rtsp://host/path, file://clip.mp4 or a folder."
     ),
-    model: str | None = typer.Option(None, "--model", "-m", help="MODEL.onnx or MODEL.engine."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="MODEL.onnx, MODEL.engine or triton://HOST:PORT/NAME."
+    ),
     config: Path | None = typer.Option(None, "--config", help="Station file (station.yaml)."),
     camera: int | None = typer.Option(None, "--camera", help="USB/V4L2 camera N."),
     video: str | None = typer.Option(None, "--video", help="Video file (no frame dropped)."),
@@ -372,7 +376,9 @@ def stream(
 
 @app.command()
 def bench(
-    model: Path = typer.Argument(..., help="MODEL.onnx or MODEL.engine."),
+    model: str = typer.Argument(
+        ..., help="MODEL.onnx, MODEL.engine or triton://HOST:PORT/NAME."
+    ),
     frames: int = typer.Option(100, help="Frames to time (after a short warm-up)."),
     batch: int = typer.Option(1, help="Images per inference."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the results as JSON."),

@@ -9,9 +9,11 @@ from sample_records import write_engine
 
 from edgeas.errors import ArtifactError, DependencyError
 
-BLOCKED = ("torch", "torchvision", "tensorrt", "tensorrt_rtx", "pycuda", "cuda", "onnxruntime")
+BLOCKED = ("torch", "torchvision", "tensorrt", "tensorrt_rtx", "pycuda", "cuda", "onnxruntime",
+           "tritonclient")
 MODULES = ("backends", "bench", "command", "cuda_aggregate", "events", "pipeline", "preprocess",
-           "render", "server", "sinks", "sources", "station", "stats", "tensorrt_backend")
+           "render", "server", "sinks", "sources", "station", "stats", "tensorrt_backend",
+           "triton_backend", "triton_repo")
 
 
 def test_every_runtime_module_imports_with_the_heavy_packages_blocked():
