@@ -2,12 +2,14 @@
 
 A station file holds what the command line would (interfaces.md): `model`, `source`,
 `threshold`, `min_area`, `aggregation`, `class` (the product inspected: the model's
-per-class threshold of that class), `serve`, `show`, `record` and
-`events: {dir, budget_mb}`. It loads through the core config loader
-(`edgeas.config.load_yaml_dataclass`): unknown keys are errors that name the key and
-the file, so a typo never silently runs a station with defaults. Relative paths in the file are
-relative to the file's own folder, so a station folder can be moved as a whole.
-Flags given on the command line override the file.
+per-class threshold of that class), `serve`, `show`, `record`,
+`events: {dir, budget_mb}`, and what leaves the box: `station` (its name),
+`mqtt: {url, password_file, ca_file}`, `queue: {dir, budget_mb}` (runtime/delivery.py).
+It loads through the core config loader (`edgeas.config.load_yaml_dataclass`):
+unknown keys are errors that name the key and the file, so a typo never silently runs a
+station with defaults. Relative paths in the file are relative to the file's own
+folder, so a station folder can be moved as a whole. Flags given on the command line
+override the file.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from edgeas.config import load_yaml_dataclass
 from edgeas.errors import ConfigError
 from edgeas.postprocess import AGGREGATION_MODES as MODES
 from edgeas.runtime.events import DEFAULT_BUDGET_MB
+from edgeas.runtime.outbox import DEFAULT_QUEUE_MB
 
 DEFAULT_SERVE = "127.0.0.1:8080"  # what `serve: true` serves on
 
@@ -30,6 +33,19 @@ DEFAULT_SERVE = "127.0.0.1:8080"  # what `serve: true` serves on
 class EventsSection:
     dir: str | int | None = None
     budget_mb: float | None = None  # None: DEFAULT_BUDGET_MB
+
+
+@dataclass
+class MqttSection:
+    url: str | None = None  # mqtt://[user@]HOST[:PORT]/PREFIX; never a password
+    password_file: str | None = None
+    ca_file: str | None = None
+
+
+@dataclass
+class QueueSection:
+    dir: str | None = None  # None: ~/.local/state/edgeas/queue/STATION
+    budget_mb: float | None = None  # per queue; None: DEFAULT_QUEUE_MB
 
 
 @dataclass
@@ -47,6 +63,9 @@ class StationFile:
     show: bool = False
     record: str | int | None = None
     events: EventsSection | None = field(default_factory=EventsSection)
+    station: str | None = None  # the station's name in MQTT topics and messages
+    mqtt: MqttSection | None = None
+    queue: QueueSection | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +85,12 @@ class StreamOptions:
     events_budget_mb: float = DEFAULT_BUDGET_MB
     max_frames: int | None = None
     batch: int = 1
+    station: str | None = None  # None: the host name
+    mqtt: str | None = None
+    mqtt_password_file: str | None = None
+    mqtt_ca: str | None = None
+    queue_dir: str | None = None
+    queue_budget_mb: float = DEFAULT_QUEUE_MB
 
     def merged(self, **overrides: Any) -> StreamOptions:
         """These options with every override that is not None (command-line flags)."""
@@ -112,6 +137,10 @@ def load_station(path: str | Path) -> StreamOptions:
                           f"{data.threshold!r}")
     if events.budget_mb is not None and events.budget_mb <= 0:
         raise ConfigError(f"{path}: events.budget_mb must be > 0, got {events.budget_mb}")
+    queue = data.queue or QueueSection()
+    if queue.budget_mb is not None and queue.budget_mb <= 0:
+        raise ConfigError(f"{path}: queue.budget_mb must be > 0, got {queue.budget_mb}")
+    mqtt = data.mqtt or MqttSection()
     serve = data.serve
     if isinstance(serve, bool):  # `serve: true` serves on the default address
         serve = DEFAULT_SERVE if serve else None
@@ -128,4 +157,10 @@ def load_station(path: str | Path) -> StreamOptions:
         record=_text(data.record, base),
         events_dir=_text(events.dir, base),
         events_budget_mb=DEFAULT_BUDGET_MB if events.budget_mb is None else events.budget_mb,
+        station=data.station,
+        mqtt=mqtt.url,
+        mqtt_password_file=_text(mqtt.password_file, base),
+        mqtt_ca=_text(mqtt.ca_file, base),
+        queue_dir=_text(queue.dir, base),
+        queue_budget_mb=DEFAULT_QUEUE_MB if queue.budget_mb is None else queue.budget_mb,
     )

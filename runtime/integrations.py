@@ -1,0 +1,52 @@
+"""The sinks that connect a station to the line, made from the stream's options:
+`--mqtt`, `--webhook`, `--on-ng`, `--metrics` (runtime/sinks.py `build_sinks` calls this
+after the events writer, so that they know whether event files exist).
+
+Each delivery sink has its own on-disk queue, `QUEUE_DIR/mqtt` and `QUEUE_DIR/webhook`,
+QUEUE_DIR being `--queue-dir` or ~/.local/state/edgeas/queue/STATION, so that a station
+restarted by systemd finds what it had not delivered yet. Nothing here prints a password.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgeas.runtime.delivery import default_queue_dir
+from edgeas.runtime.outbox import Outbox
+from edgeas.runtime.sink import Sink
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from edgeas.runtime.station import StreamOptions
+
+
+def station_name(options: StreamOptions) -> str:
+    return options.station or socket.gethostname().split(".")[0] or "edgeas"
+
+
+def queue_root(options: StreamOptions) -> Path:
+    return Path(options.queue_dir) if options.queue_dir else (
+        default_queue_dir() / station_name(options))
+
+
+def add_integration_sinks(options: StreamOptions, out: list[Sink],
+                          console: Console | None = None) -> None:
+    """The sinks asked for, appended to `out` in the order they are fed, each as soon as
+    it is made: when a later one fails, the caller closes those already made."""
+    station = station_name(options)
+    budget = int(options.queue_budget_mb * 2**20)
+    if options.mqtt:
+        from edgeas.runtime.mqtt import MqttSink, parse_mqtt_url, read_password
+
+        target = parse_mqtt_url(options.mqtt)
+        password = read_password(options.mqtt_password_file)
+        sink = MqttSink(target, Outbox(queue_root(options) / "mqtt", budget), station,
+                        password=password, ca_file=options.mqtt_ca)
+        out.append(sink)
+        if console is not None:
+            auth = " (password set)" if password is not None else ""
+            console.print(f"mqtt: {target.url()}{auth}, topics {sink.events_topic} and "
+                          f"{sink.status_topic}; queue {sink.outbox.dir}")
