@@ -57,6 +57,12 @@ def stream(
         help="File holding the MQTT password (else EDGEAS_MQTT_PASSWORD).",
     ),
     mqtt_ca: str | None = typer.Option(None, "--mqtt-ca", help="CA file for mqtts://."),
+    webhook: str | None = typer.Option(
+        None, "--webhook", help="POST each NG event as JSON to this http(s) URL."
+    ),
+    webhook_timeout: float | None = typer.Option(
+        None, "--webhook-timeout", help="Seconds a webhook request may take (default 5)."
+    ),
     queue_dir: str | None = typer.Option(
         None, "--queue-dir",
         help="Undelivered events wait here (default ~/.local/state/edgeas/queue/STATION).",
@@ -78,6 +84,7 @@ def stream(
         "events_dir": events, "events_budget_mb": events_budget_mb, "max_frames": max_frames,
         "batch": batch, "cls": cls, "station": station, "mqtt": mqtt,
         "mqtt_password_file": mqtt_password_file, "mqtt_ca": mqtt_ca, "queue_dir": queue_dir,
-        "queue_budget_mb": queue_budget_mb,
+        "queue_budget_mb": queue_budget_mb, "webhook": webhook,
+        "webhook_timeout_s": webhook_timeout,
     }
     stream_command(config, flags, summary_json, device)

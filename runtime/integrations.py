@@ -50,3 +50,12 @@ def add_integration_sinks(options: StreamOptions, out: list[Sink],
             auth = " (password set)" if password is not None else ""
             console.print(f"mqtt: {target.url()}{auth}, topics {sink.events_topic} and "
                           f"{sink.status_topic}; queue {sink.outbox.dir}")
+    if options.webhook:
+        from edgeas.runtime.webhook import WebhookSink
+
+        hook = WebhookSink(options.webhook, Outbox(queue_root(options) / "webhook", budget),
+                           station, timeout_s=options.webhook_timeout_s)
+        out.append(hook)
+        if console is not None:
+            console.print(f"webhook: POST {hook.describe()['url']} (timeout "
+                          f"{hook.timeout_s:g} s); queue {hook.outbox.dir}")

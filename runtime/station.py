@@ -4,7 +4,8 @@ A station file holds what the command line would (interfaces.md): `model`, `sour
 `threshold`, `min_area`, `aggregation`, `class` (the product inspected: the model's
 per-class threshold of that class), `serve`, `show`, `record`,
 `events: {dir, budget_mb}`, and what leaves the box: `station` (its name),
-`mqtt: {url, password_file, ca_file}`, `queue: {dir, budget_mb}` (runtime/delivery.py).
+`mqtt: {url, password_file, ca_file}`, `webhook: {url, timeout_s}`,
+`queue: {dir, budget_mb}` (runtime/delivery.py).
 It loads through the core config loader (`edgeas.config.load_yaml_dataclass`):
 unknown keys are errors that name the key and the file, so a typo never silently runs a
 station with defaults. Relative paths in the file are relative to the file's own
@@ -43,6 +44,12 @@ class MqttSection:
 
 
 @dataclass
+class WebhookSection:
+    url: str | None = None
+    timeout_s: float | None = None
+
+
+@dataclass
 class QueueSection:
     dir: str | None = None  # None: ~/.local/state/edgeas/queue/STATION
     budget_mb: float | None = None  # per queue; None: DEFAULT_QUEUE_MB
@@ -65,6 +72,7 @@ class StationFile:
     events: EventsSection | None = field(default_factory=EventsSection)
     station: str | None = None  # the station's name in MQTT topics and messages
     mqtt: MqttSection | None = None
+    webhook: WebhookSection | None = None
     queue: QueueSection | None = None
 
 
@@ -89,6 +97,8 @@ class StreamOptions:
     mqtt: str | None = None
     mqtt_password_file: str | None = None
     mqtt_ca: str | None = None
+    webhook: str | None = None
+    webhook_timeout_s: float = 5.0
     queue_dir: str | None = None
     queue_budget_mb: float = DEFAULT_QUEUE_MB
 
@@ -141,6 +151,9 @@ def load_station(path: str | Path) -> StreamOptions:
     if queue.budget_mb is not None and queue.budget_mb <= 0:
         raise ConfigError(f"{path}: queue.budget_mb must be > 0, got {queue.budget_mb}")
     mqtt = data.mqtt or MqttSection()
+    webhook = data.webhook or WebhookSection()
+    if webhook.timeout_s is not None and not webhook.timeout_s > 0:
+        raise ConfigError(f"{path}: webhook.timeout_s must be > 0, got {webhook.timeout_s}")
     serve = data.serve
     if isinstance(serve, bool):  # `serve: true` serves on the default address
         serve = DEFAULT_SERVE if serve else None
@@ -161,6 +174,8 @@ def load_station(path: str | Path) -> StreamOptions:
         mqtt=mqtt.url,
         mqtt_password_file=_text(mqtt.password_file, base),
         mqtt_ca=_text(mqtt.ca_file, base),
+        webhook=webhook.url,
+        webhook_timeout_s=5.0 if webhook.timeout_s is None else webhook.timeout_s,
         queue_dir=_text(queue.dir, base),
         queue_budget_mb=DEFAULT_QUEUE_MB if queue.budget_mb is None else queue.budget_mb,
     )

@@ -138,7 +138,8 @@ class Subscriber:
 
 class Receiver:
     """An HTTP server that takes POSTed JSON; `fail` decides per request (its number from
-    1) whether to answer 503 instead, `delay_s` how long to think first."""
+    1) whether to answer 503 instead (True) or another status (a number), `delay_s` how
+    long to think first."""
 
     def __init__(self, fail=lambda n: False, delay_s: float = 0.0) -> None:
         self.bodies: list[dict[str, Any]] = []
@@ -156,8 +157,9 @@ class Receiver:
                     owner.requests += 1
                     n = owner.requests
                 time.sleep(owner.delay_s)
-                if owner.fail(n):
-                    self.send_response(503)
+                failed = owner.fail(n)
+                if failed:
+                    self.send_response(503 if failed is True else int(failed))
                     self.end_headers()
                     return
                 with owner.lock:
