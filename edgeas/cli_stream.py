@@ -63,6 +63,9 @@ def stream(
     webhook_timeout: float | None = typer.Option(
         None, "--webhook-timeout", help="Seconds a webhook request may take (default 5)."
     ),
+    metrics: str | None = typer.Option(
+        None, "--metrics", help="Prometheus /metrics at HOST:PORT (a bare PORT binds 127.0.0.1)."
+    ),
     queue_dir: str | None = typer.Option(
         None, "--queue-dir",
         help="Undelivered events wait here (default ~/.local/state/edgeas/queue/STATION).",
@@ -85,6 +88,6 @@ def stream(
         "batch": batch, "cls": cls, "station": station, "mqtt": mqtt,
         "mqtt_password_file": mqtt_password_file, "mqtt_ca": mqtt_ca, "queue_dir": queue_dir,
         "queue_budget_mb": queue_budget_mb, "webhook": webhook,
-        "webhook_timeout_s": webhook_timeout,
+        "webhook_timeout_s": webhook_timeout, "metrics": metrics,
     }
     stream_command(config, flags, summary_json, device)

@@ -69,7 +69,7 @@ class QueuedSink(Sink):
         self.files = bool(context.event_stores)  # the events writer comes first and declared
         box = self.outbox
         context.queues.append(QueueInfo(self.name, box.dir, box.budget, lambda: box.depth,
-                                        lambda: box.bytes))
+                                        lambda: box.bytes, lambda: self.delivered))
         self.start()
 
     def start(self) -> None:

@@ -9,6 +9,7 @@ restarted by systemd finds what it had not delivered yet. Nothing here prints a 
 
 from __future__ import annotations
 
+import logging
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING
 from edgeas.runtime.delivery import default_queue_dir
 from edgeas.runtime.outbox import Outbox
 from edgeas.runtime.sink import Sink
+
+log = logging.getLogger("edgeas.stream")
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -59,3 +62,27 @@ def add_integration_sinks(options: StreamOptions, out: list[Sink],
         if console is not None:
             console.print(f"webhook: POST {hook.describe()['url']} (timeout "
                           f"{hook.timeout_s:g} s); queue {hook.outbox.dir}")
+    if options.metrics:
+        from edgeas.runtime.metrics import MetricsSink
+        from edgeas.runtime.server import parse_address
+
+        metrics = MetricsSink(parse_address(options.metrics, 9100, flag="--metrics"))
+        out.append(metrics)
+        if console is not None:
+            console.print(f"metrics: {metrics.url}")
+
+
+def page_metrics(sinks: list[Sink]) -> Sink | None:
+    """The metrics the live page serves on /metrics: those of --metrics, or new ones; None
+    (and the page without /metrics) when prometheus-client is not installed."""
+    from edgeas.errors import DependencyError
+    from edgeas.runtime.metrics import MetricsSink
+
+    found = next((s for s in sinks if isinstance(s, MetricsSink)), None)
+    if found is not None:
+        return found
+    try:
+        return MetricsSink()
+    except DependencyError as exc:
+        log.info("the live page has no /metrics: %s", exc.message)
+        return None

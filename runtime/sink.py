@@ -123,6 +123,7 @@ class QueueInfo:
     budget_bytes: int
     depth: Callable[[], int]
     used_bytes: Callable[[], int]
+    delivered: Callable[[], int] = lambda: 0
 
 
 @dataclass(frozen=True)

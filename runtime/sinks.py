@@ -21,7 +21,7 @@ import numpy as np
 from edgeas.errors import DependencyError, StreamError
 from edgeas.groundtruth import GroundTruth, find_ground_truth
 from edgeas.runtime.events import EventLog, EventWriter
-from edgeas.runtime.integrations import add_integration_sinks
+from edgeas.runtime.integrations import add_integration_sinks, page_metrics
 from edgeas.runtime.sink import FrameResult, Sink, SinkContext
 
 if TYPE_CHECKING:
@@ -226,6 +226,9 @@ def build_sinks(options: StreamOptions, source: Source,
 
             server = LiveServer(*parse_address(options.serve))
             sinks.append(server)
+            server.metrics = page_metrics(sinks)
+            if server.metrics is not None and server.metrics not in sinks:
+                sinks.append(server.metrics)
             if console is not None:
                 console.print(f"live view: {server.url}")
         truth = find_ground_truth(source.spec.kind, source.spec.target)

@@ -3,7 +3,7 @@
 A station file holds what the command line would (interfaces.md): `model`, `source`,
 `threshold`, `min_area`, `aggregation`, `class` (the product inspected: the model's
 per-class threshold of that class), `serve`, `show`, `record`,
-`events: {dir, budget_mb}`, and what leaves the box: `station` (its name),
+`events: {dir, budget_mb}`, and what leaves the box: `station` (its name), `metrics`,
 `mqtt: {url, password_file, ca_file}`, `webhook: {url, timeout_s}`,
 `queue: {dir, budget_mb}` (runtime/delivery.py).
 It loads through the core config loader (`edgeas.config.load_yaml_dataclass`):
@@ -28,6 +28,7 @@ from edgeas.runtime.events import DEFAULT_BUDGET_MB
 from edgeas.runtime.outbox import DEFAULT_QUEUE_MB
 
 DEFAULT_SERVE = "127.0.0.1:8080"  # what `serve: true` serves on
+DEFAULT_METRICS = "127.0.0.1:9100"  # what `metrics: true` serves on
 
 
 @dataclass
@@ -71,6 +72,7 @@ class StationFile:
     record: str | int | None = None
     events: EventsSection | None = field(default_factory=EventsSection)
     station: str | None = None  # the station's name in MQTT topics and messages
+    metrics: str | int | bool | None = None  # host:port, a port, or true (127.0.0.1:9100)
     mqtt: MqttSection | None = None
     webhook: WebhookSection | None = None
     queue: QueueSection | None = None
@@ -94,6 +96,7 @@ class StreamOptions:
     max_frames: int | None = None
     batch: int = 1
     station: str | None = None  # None: the host name
+    metrics: str | None = None
     mqtt: str | None = None
     mqtt_password_file: str | None = None
     mqtt_ca: str | None = None
@@ -157,6 +160,9 @@ def load_station(path: str | Path) -> StreamOptions:
     serve = data.serve
     if isinstance(serve, bool):  # `serve: true` serves on the default address
         serve = DEFAULT_SERVE if serve else None
+    metrics = data.metrics
+    if isinstance(metrics, bool):
+        metrics = DEFAULT_METRICS if metrics else None
     base = path.parent
     return StreamOptions(
         model=_text(data.model, base),
@@ -171,6 +177,7 @@ def load_station(path: str | Path) -> StreamOptions:
         events_dir=_text(events.dir, base),
         events_budget_mb=DEFAULT_BUDGET_MB if events.budget_mb is None else events.budget_mb,
         station=data.station,
+        metrics=_text(metrics),
         mqtt=mqtt.url,
         mqtt_password_file=_text(mqtt.password_file, base),
         mqtt_ca=_text(mqtt.ca_file, base),

@@ -13,8 +13,8 @@ from edgeas.errors import ArtifactError, DependencyError
 BLOCKED = ("torch", "torchvision", "tensorrt", "tensorrt_rtx", "pycuda", "cuda", "onnxruntime",
            "paho", "prometheus_client")
 MODULES = ("backends", "bench", "command", "cuda_aggregate", "delivery", "events",
-           "integrations", "mqtt", "outbox", "pipeline", "preprocess", "render", "server",
-           "sinks", "sources", "station", "stats", "tensorrt_backend", "webhook")
+           "integrations", "metrics", "mqtt", "outbox", "pipeline", "preprocess", "render",
+           "server", "sinks", "sources", "station", "stats", "tensorrt_backend", "webhook")
 
 
 def test_every_runtime_module_imports_with_the_heavy_packages_blocked():
