@@ -63,6 +63,12 @@ def stream(
     webhook_timeout: float | None = typer.Option(
         None, "--webhook-timeout", help="Seconds a webhook request may take (default 5)."
     ),
+    on_ng: str | None = typer.Option(
+        None, "--on-ng", help="Run CMD per NG decision, the event JSON on stdin (1 per source)."
+    ),
+    on_ng_timeout: float | None = typer.Option(
+        None, "--on-ng-timeout", help="Seconds before an --on-ng command is killed (default 5)."
+    ),
     metrics: str | None = typer.Option(
         None, "--metrics", help="Prometheus /metrics at HOST:PORT (a bare PORT binds 127.0.0.1)."
     ),
@@ -89,5 +95,6 @@ def stream(
         "mqtt_password_file": mqtt_password_file, "mqtt_ca": mqtt_ca, "queue_dir": queue_dir,
         "queue_budget_mb": queue_budget_mb, "webhook": webhook,
         "webhook_timeout_s": webhook_timeout, "metrics": metrics,
+        "on_ng": on_ng, "on_ng_timeout_s": on_ng_timeout,
     }
     stream_command(config, flags, summary_json, device)

@@ -62,6 +62,13 @@ def add_integration_sinks(options: StreamOptions, out: list[Sink],
         if console is not None:
             console.print(f"webhook: POST {hook.describe()['url']} (timeout "
                           f"{hook.timeout_s:g} s); queue {hook.outbox.dir}")
+    if options.on_ng:
+        from edgeas.runtime.onng import OnNgSink
+
+        out.append(OnNgSink(options.on_ng, station, options.on_ng_timeout_s))
+        if console is not None:
+            console.print(f"on NG: {options.on_ng} (event JSON on stdin, at most one per "
+                          f"source, killed after {options.on_ng_timeout_s:g} s)")
     if options.metrics:
         from edgeas.runtime.metrics import MetricsSink
         from edgeas.runtime.server import parse_address

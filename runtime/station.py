@@ -5,7 +5,7 @@ A station file holds what the command line would (interfaces.md): `model`, `sour
 per-class threshold of that class), `serve`, `show`, `record`,
 `events: {dir, budget_mb}`, and what leaves the box: `station` (its name), `metrics`,
 `mqtt: {url, password_file, ca_file}`, `webhook: {url, timeout_s}`,
-`queue: {dir, budget_mb}` (runtime/delivery.py).
+`on_ng: {command, timeout_s}`, `queue: {dir, budget_mb}` (runtime/delivery.py).
 It loads through the core config loader (`edgeas.config.load_yaml_dataclass`):
 unknown keys are errors that name the key and the file, so a typo never silently runs a
 station with defaults. Relative paths in the file are relative to the file's own
@@ -51,6 +51,12 @@ class WebhookSection:
 
 
 @dataclass
+class OnNgSection:
+    command: str | None = None
+    timeout_s: float | None = None
+
+
+@dataclass
 class QueueSection:
     dir: str | None = None  # None: ~/.local/state/edgeas/queue/STATION
     budget_mb: float | None = None  # per queue; None: DEFAULT_QUEUE_MB
@@ -75,6 +81,7 @@ class StationFile:
     metrics: str | int | bool | None = None  # host:port, a port, or true (127.0.0.1:9100)
     mqtt: MqttSection | None = None
     webhook: WebhookSection | None = None
+    on_ng: OnNgSection | None = None
     queue: QueueSection | None = None
 
 
@@ -102,6 +109,8 @@ class StreamOptions:
     mqtt_ca: str | None = None
     webhook: str | None = None
     webhook_timeout_s: float = 5.0
+    on_ng: str | None = None
+    on_ng_timeout_s: float = 5.0
     queue_dir: str | None = None
     queue_budget_mb: float = DEFAULT_QUEUE_MB
 
@@ -155,8 +164,10 @@ def load_station(path: str | Path) -> StreamOptions:
         raise ConfigError(f"{path}: queue.budget_mb must be > 0, got {queue.budget_mb}")
     mqtt = data.mqtt or MqttSection()
     webhook = data.webhook or WebhookSection()
-    if webhook.timeout_s is not None and not webhook.timeout_s > 0:
-        raise ConfigError(f"{path}: webhook.timeout_s must be > 0, got {webhook.timeout_s}")
+    on_ng = data.on_ng or OnNgSection()
+    for key, section in (("webhook", webhook), ("on_ng", on_ng)):
+        if section.timeout_s is not None and not section.timeout_s > 0:
+            raise ConfigError(f"{path}: {key}.timeout_s must be > 0, got {section.timeout_s}")
     serve = data.serve
     if isinstance(serve, bool):  # `serve: true` serves on the default address
         serve = DEFAULT_SERVE if serve else None
@@ -183,6 +194,8 @@ def load_station(path: str | Path) -> StreamOptions:
         mqtt_ca=_text(mqtt.ca_file, base),
         webhook=webhook.url,
         webhook_timeout_s=5.0 if webhook.timeout_s is None else webhook.timeout_s,
+        on_ng=on_ng.command,
+        on_ng_timeout_s=5.0 if on_ng.timeout_s is None else on_ng.timeout_s,
         queue_dir=_text(queue.dir, base),
         queue_budget_mb=DEFAULT_QUEUE_MB if queue.budget_mb is None else queue.budget_mb,
     )

@@ -13,7 +13,8 @@ from edgeas.errors import ArtifactError, DependencyError
 BLOCKED = ("torch", "torchvision", "tensorrt", "tensorrt_rtx", "pycuda", "cuda", "onnxruntime",
            "paho", "prometheus_client")
 MODULES = ("backends", "bench", "command", "cuda_aggregate", "delivery", "events",
-           "integrations", "metrics", "mqtt", "outbox", "pipeline", "preprocess", "render",
+           "integrations", "metrics", "mqtt", "onng", "outbox", "pipeline", "preprocess",
+           "render",
            "server", "sinks", "sources", "station", "stats", "tensorrt_backend", "webhook")
 
 
