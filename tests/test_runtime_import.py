@@ -14,8 +14,8 @@ BLOCKED = ("torch", "torchvision", "tensorrt", "tensorrt_rtx", "pycuda", "cuda",
            "paho", "prometheus_client")
 MODULES = ("backends", "bench", "command", "cuda_aggregate", "delivery", "events",
            "integrations", "metrics", "mqtt", "onng", "outbox", "pipeline", "preprocess",
-           "render",
-           "server", "sinks", "sources", "station", "stats", "tensorrt_backend", "webhook")
+           "render", "server", "sinks", "sources", "station", "stats", "tensorrt_backend",
+           "webhook")
 
 
 def test_every_runtime_module_imports_with_the_heavy_packages_blocked():
