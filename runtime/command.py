@@ -92,6 +92,18 @@ def print_summary(summary: dict[str, Any]) -> None:
         console.print(f"events: {ev['written']} written to {ev['dir']}/events.jsonl"
                       + (f", {ev['deleted']} oldest deleted (budget)" if ev["deleted"] else "")
                       + (f", {ev['failed']} FAILED" if ev["failed"] else ""))
+    for name in ("mqtt", "webhook"):
+        if name in summary:
+            q = summary[name]
+            console.print(f"{name}: {q['delivered']} of {q['queued']} events delivered"
+                          + (f" (+{q['carried']} from an earlier run)" if q["carried"] else "")
+                          + (f", {q['pending']} waiting in {q['queue']}" if q["pending"] else "")
+                          + (f", {q['rejected']} rejected" if q["rejected"] else "")
+                          + (f", {q['dropped']} DROPPED (queue budget)" if q["dropped"] else ""))
+    if "on_ng" in summary:
+        c = summary["on_ng"]
+        console.print(f"on NG: {c['ok']} of {c['ran']} runs ok, {c['failed']} failed, "
+                      f"{c['timed_out']} timed out, {c['busy']} NG frames while busy")
     if "recording" in summary:
         rec = summary["recording"]
         console.print(f"recording: {rec['path']} ({rec['frames']} frames)")
