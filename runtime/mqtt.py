@@ -138,12 +138,12 @@ class MqttSink(QueuedSink):
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         self.client = client
+        self._status_stop = threading.Event()  # before the callbacks can run
+        self._status_thread = threading.Thread(target=self._status_loop, daemon=True,
+                                               name="edgeas-mqtt-status")
         # in the background: an unreachable broker at start only delays delivery
         client.connect_async(target.host, target.port, keepalive=15)
         client.loop_start()
-        self._status_stop = threading.Event()
-        self._status_thread = threading.Thread(target=self._status_loop, daemon=True,
-                                               name="edgeas-mqtt-status")
         self._status_thread.start()
 
     # ---------------------------------------------------------------- paho callbacks
@@ -159,7 +159,7 @@ class MqttSink(QueuedSink):
         self._publish_status("running")
 
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._status_stop.is_set():  # not our own goodbye
             log.warning("mqtt: lost %s (%s); events wait in %s", self.target.url(), reason,
                         self.outbox.dir)
         self.connected.clear()
