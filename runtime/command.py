@@ -99,7 +99,8 @@ def print_summary(summary: dict[str, Any]) -> None:
                           + (f" (+{q['carried']} from an earlier run)" if q["carried"] else "")
                           + (f", {q['pending']} waiting in {q['queue']}" if q["pending"] else "")
                           + (f", {q['rejected']} rejected" if q["rejected"] else "")
-                          + (f", {q['dropped']} DROPPED (queue budget)" if q["dropped"] else ""))
+                          + (f", {q['dropped']} DROPPED (queue budget)" if q["dropped"] else "")
+                          + (f", {q['lost']} LOST (disk error)" if q["lost"] else ""))
     if "on_ng" in summary:
         c = summary["on_ng"]
         console.print(f"on NG: {c['ok']} of {c['ran']} runs ok, {c['failed']} failed, "

@@ -2,8 +2,12 @@
 
 Every NG event becomes one message, the events.jsonl record (runtime/events.py
 `event_record`, the same function the events writer uses) plus `id`, `station` and
-`source_name`. `on_event` stores it in the sink's on-disk queue (runtime/outbox.py) and
-returns: the pipeline never waits on the network. One delivery thread per sink sends the
+`source_name`. `on_event` hands it to the sink's writer thread, which stores it in the
+on-disk queue (runtime/outbox.py): the pipeline waits neither on the network nor on a
+disk sync (tens of milliseconds on a busy disk), except for back-pressure when
+PENDING_MAX messages wait to be written, as the events writer does. Closing writes every
+message handed over before anything else, so a SIGTERM loses none; a crash can lose
+the few not yet written. One delivery thread per sink sends the
 oldest message, and only when the receiver has acknowledged it (an MQTT PUBACK, an HTTP
 2xx) deletes it and goes on to the next: messages arrive in the order they were decided,
 at least once. A receiver that fails is retried with backoff; the queue waits on disk
@@ -19,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import threading
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,7 @@ from edgeas.runtime.sources import redact
 log = logging.getLogger("edgeas.stream")
 BACKOFF_START_S, BACKOFF_MAX_S = 0.5, 30.0
 DRAIN_S = 5.0  # how long close() keeps delivering before it leaves the rest on disk
+PENDING_MAX = 256  # messages handed over but not yet on disk
 OK, RETRY, REJECT, WAIT = "ok", "retry", "reject", "wait"
 
 
@@ -57,10 +63,14 @@ class QueuedSink(Sink):
         self.outbox, self.station, self.drain_s = outbox, station, drain_s
         self.source_name = ""
         self.files = False
-        self.queued = self.delivered = self.failures = self.rejected = 0
+        self.queued = self.delivered = self.failures = self.rejected = self.lost = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._pending: queue.Queue[bytes | None] = queue.Queue(maxsize=PENDING_MAX)
+        self._writer = threading.Thread(target=self._write, name=f"edgeas-{self.name}-disk",
+                                        daemon=True)
+        self._writer.start()
 
     # ---------------------------------------------------------------- the sink
 
@@ -86,9 +96,29 @@ class QueuedSink(Sink):
         self.enqueue(event_message(result, self.station, self.source_name, self.files))
 
     def enqueue(self, message: dict[str, Any]) -> None:
-        # durable before on_event returns: a SIGTERM or crash after this loses nothing
-        self.outbox.put(json.dumps(message, separators=(",", ":")).encode())
+        self._pending.put(json.dumps(message, separators=(",", ":")).encode())
         self.queued += 1
+
+    def _write(self) -> None:
+        """Messages handed over -> the on-disk queue, in order, in bursts."""
+        done = False
+        while not done:
+            batch = [self._pending.get()]
+            while len(batch) < 64:
+                try:
+                    batch.append(self._pending.get_nowait())
+                except queue.Empty:
+                    break
+            if None in batch:
+                done = True
+                batch = batch[: batch.index(None)]
+            if batch:
+                try:
+                    self.outbox.put_many(batch)
+                except OSError as exc:  # a full or failing disk: said, and the run goes on
+                    self.lost += len(batch)
+                    log.error("%s: %d event(s) could not be queued in %s: %s", self.name,
+                              len(batch), self.outbox.dir, exc.strerror or exc)
 
     def close(self, error: BaseException | None = None) -> None:
         """Deliver what is queued for up to `drain_s`, then stop; the rest stays on disk
@@ -96,6 +126,8 @@ class QueuedSink(Sink):
         if self._closed:
             return
         self._closed = True
+        self._pending.put(None)
+        self._writer.join()  # every message handed over is on disk before anything else
         if self._thread is not None:
             if not self.outbox.wait_empty(self.drain_s):
                 log.warning("%s: %d message(s) not delivered yet; they stay queued in %s for "
@@ -109,6 +141,7 @@ class QueuedSink(Sink):
         return {self.name: {"queued": self.queued, "delivered": self.delivered,
                             "pending": box.depth, "failures": self.failures,
                             "rejected": self.rejected, "dropped": box.dropped,
+                            "lost": self.lost,
                             "carried": box.carried, "queue": str(box.dir),
                             **self.describe()}}
 
