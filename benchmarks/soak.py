@@ -33,6 +33,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -144,9 +146,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     clip = work / "clip.avi"
     make_clip(clip)
     broker = Mosquitto(work / "broker")
-    sub = Subscriber(broker.port, "soak/line1/events")
     hook_down = threading.Event()
     receiver = Receiver(fail=lambda n: hook_down.is_set())
+    try:
+        return _soak(args, work, clip, broker, receiver, hook_down)
+    finally:  # also when interrupted: no broker left running, no folder left behind
+        receiver.close()
+        broker.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _soak(args: argparse.Namespace, work: Path, clip: Path, broker: Mosquitto,
+          receiver: Receiver, hook_down: threading.Event) -> dict[str, Any]:
+    sub = Subscriber(broker.port, "soak/line1/events")
     if args.model:
         from edgeas.postprocess import resolve
         from edgeas.runtime.backends import open_backend
@@ -209,8 +221,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     samples.append(_sample(time.monotonic() - start, pipeline, decided, events, sub, receiver,
                            mqtt, hook))
     sub.close()
-    receiver.close()
-    broker.close()
     return _report(args, samples, injected, result, decided, got_mqtt, receiver, source)
 
 
@@ -317,6 +327,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=HERE / "results")
     parser.add_argument("--stem", default="soak")
     args = parser.parse_args()
+    # SIGTERM as Ctrl-C: the servers this started are stopped on the way out
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     report = run(args)
     write_results(args.results, args.stem, report, markdown(report))
     print(markdown(report))
