@@ -14,6 +14,7 @@ from edgeas.errors import ConfigError
 from edgeas.fileio import atomic_write_text
 from edgeas.postprocess import resolve
 from edgeas.runtime.backends import open_backend
+from edgeas.runtime.integrations import check_integrations
 from edgeas.runtime.pipeline import Pipeline, describe_summary
 from edgeas.runtime.sinks import build_sinks, describe_decisions
 from edgeas.runtime.sources import open_source, parse_source
@@ -40,6 +41,7 @@ def build_options(config: Path | None, flags: dict[str, Any]) -> StreamOptions:
     if any(v is not None for v in shorthands.values()) or flags.get("source") is not None:
         flags["source"] = parse_source(flags.pop("source", None), **shorthands).uri
     options = base.merged(**flags)
+    check_integrations(options)
     if options.model is None:
         raise ConfigError("no model: pass --model MODEL.onnx|MODEL.engine or set `model:` in "
                           "the station file", hint="edgeas export writes an ONNX model")

@@ -14,6 +14,7 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgeas.errors import ConfigError
 from edgeas.runtime.delivery import default_queue_dir
 from edgeas.runtime.outbox import Outbox
 from edgeas.runtime.sink import Sink
@@ -33,6 +34,33 @@ def station_name(options: StreamOptions) -> str:
 def queue_root(options: StreamOptions) -> Path:
     return Path(options.queue_dir) if options.queue_dir else (
         default_queue_dir() / station_name(options))
+
+
+def check_integrations(options: StreamOptions) -> None:
+    """The integration options checked before the model and the source are opened: a bad
+    URL, command or address is a usage error (exit 2) at once, not after a model load."""
+    if options.station is not None:
+        from edgeas.runtime.mqtt import check_station_name
+
+        check_station_name(options.station)
+    if options.mqtt:
+        from edgeas.runtime.mqtt import parse_mqtt_url
+
+        parse_mqtt_url(options.mqtt)
+    if options.webhook:
+        from edgeas.runtime.webhook import check_webhook_url
+
+        check_webhook_url(options.webhook)
+    if options.on_ng:
+        from edgeas.runtime.onng import parse_command
+
+        parse_command(options.on_ng)
+    if options.metrics:
+        from edgeas.runtime.server import parse_address
+
+        parse_address(options.metrics, 9100, flag="--metrics")
+    if not options.queue_budget_mb > 0:
+        raise ConfigError(f"--queue-budget-mb must be > 0, got {options.queue_budget_mb}")
 
 
 def add_integration_sinks(options: StreamOptions, out: list[Sink],

@@ -187,3 +187,42 @@ def test_without_paho_mqtt_is_a_clear_error_naming_the_package(tmp_path):
     """)
     assert run.returncode == 0, run.stderr
     assert "paho-mqtt" in run.stdout and "edgeas[runtime]" in run.stdout
+
+
+@pytest.mark.parametrize("flags, culprit", [
+    (["--mqtt", "mqtt://edge:hunter2@broker/f"], "password in the URL"),
+    (["--webhook", "mes.local/ng"], "--webhook mes.local/ng"),
+    (["--on-ng", "/no/such/gate"], "/no/such/gate"),
+    (["--metrics", "127.0.0.1:http"], "--metrics 127.0.0.1:http"),
+    (["--station", "line/3", "--mqtt", "mqtt://b/f"], "--station 'line/3'"),
+])
+def test_bad_integration_flags_fail_before_the_model_is_opened(tmp_path, flags, culprit):
+    import subprocess
+    import sys
+
+    # the model does not exist either: the flag is what the user hears about first
+    run = subprocess.run([sys.executable, "-m", "edgeas", "stream", "--model",
+                          str(tmp_path / "missing.onnx"), str(tmp_path), *flags],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert culprit in run.stderr and "hunter2" not in run.stderr + run.stdout
+    assert "Traceback" not in run.stderr
+
+
+def test_the_station_file_and_flags_build_the_mqtt_sink(tmp_path, monkeypatch):
+    from station_fakes import PacedSource
+
+    from edgeas.runtime.command import build_options
+    from edgeas.runtime.sinks import build_sinks
+
+    monkeypatch.setenv("EDGEAS_MQTT_PASSWORD", "from-env")
+    station = tmp_path / "station.yaml"
+    station.write_text("model: m.onnx\nsource: frames\nstation: line7\n"
+                       "mqtt: {url: 'mqtt://edge@127.0.0.1:1/plant'}\nqueue: {dir: q}\n")
+    options = build_options(station, {"queue_budget_mb": 3.0})
+    (sink,) = build_sinks(options, PacedSource(1))
+    try:
+        assert sink.events_topic == "plant/line7/events" and sink.password_set
+        assert sink.outbox.dir == tmp_path / "q" / "mqtt" and sink.outbox.budget == 3 << 20
+    finally:
+        sink.close()
