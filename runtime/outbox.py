@@ -107,10 +107,17 @@ class Outbox:
     def peek(self, timeout: float | None = None) -> tuple[int, bytes] | None:
         """The oldest message (seq, data), waiting up to `timeout` for one; None if none."""
         with self.cond:
-            if not self._sizes and not self.cond.wait_for(lambda: bool(self._sizes), timeout):
-                return None
-            seq = min(self._sizes)
-            return seq, self._path(seq).read_bytes()
+            while True:
+                if not self._sizes and not self.cond.wait_for(lambda: bool(self._sizes),
+                                                              timeout):
+                    return None
+                seq = min(self._sizes)
+                try:
+                    return seq, self._path(seq).read_bytes()
+                except FileNotFoundError:  # removed behind our back: forget it, go on
+                    log.warning("queue %s: message %d vanished from the disk", self.dir, seq)
+                    self._bytes -= self._sizes.pop(seq)
+                    self.dropped += 1
 
     def ack(self, seq: int) -> None:
         """The message was delivered: delete it (a no-op when the budget dropped it)."""

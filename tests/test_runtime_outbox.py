@@ -47,3 +47,10 @@ def test_the_budget_drops_the_oldest(tmp_path):
     assert box.peek(0)[1] == b"H" * 30  # the newest three are kept
     with pytest.raises(ConfigError, match="budget"):
         Outbox(tmp_path / "other", 0)
+
+
+def test_a_message_deleted_behind_its_back_is_skipped(tmp_path):
+    box = Outbox(tmp_path, 1 << 20)
+    box.put_many([b"a", b"b"])
+    (tmp_path / "000000000001.json").unlink()  # an operator cleaning up by hand
+    assert box.peek(0) == (2, b"b") and box.dropped == 1 and box.bytes == 1
