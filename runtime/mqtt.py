@@ -137,6 +137,8 @@ class MqttSink(QueuedSink):
         client.reconnect_delay_set(min_delay=1, max_delay=10)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
+        self._unreachable = False
         self.client = client
         self._status_stop = threading.Event()  # before the callbacks can run
         self._status_thread = threading.Thread(target=self._status_loop, daemon=True,
@@ -153,10 +155,19 @@ class MqttSink(QueuedSink):
             log.warning("mqtt: %s refused the connection: %s", self.target.url(), reason)
             return
         self.connects += 1
+        self._unreachable = False
         if self.connects > 1:
             log.warning("mqtt: reconnected to %s", self.target.url())
         self.connected.set()
         self._publish_status("running")
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        if not self._unreachable:  # once per outage: paho retries every few seconds
+            self._unreachable = True
+            tls = " (mqtts: is --mqtt-ca the CA that signed the broker's certificate?)"
+            log.warning("mqtt: cannot connect to %s; retrying in the background, events "
+                        "wait in %s%s", self.target.url(), self.outbox.dir,
+                        tls if self.target.tls else "")
 
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         if self.connected.is_set() and not self._status_stop.is_set():  # not our own goodbye

@@ -46,7 +46,9 @@ class Mosquitto:
     """A broker with persistence on, so that a subscriber's session (its subscription and
     the QoS 1 messages queued for it) survives a restart, as on a real line."""
 
-    def __init__(self, folder: Path, password_file: Path | None = None) -> None:
+    def __init__(self, folder: Path, password_file: Path | None = None,
+                 tls: tuple[Path, Path, Path] | None = None) -> None:
+        """`tls`: (CA, certificate, key) files: the listener speaks TLS only."""
         if MOSQUITTO is None:
             pytest.skip("mosquitto is not installed (Debian package `mosquitto`; `make "
                         "system-packages` installs it as root)")
@@ -58,6 +60,8 @@ class Mosquitto:
             # as root mosquitto would switch to the `mosquitto` user, which cannot read the
             # test's files: stay who we are (CI runs as root)
             lines.append("user root")
+        if tls is not None:
+            lines += [f"cafile {tls[0]}", f"certfile {tls[1]}", f"keyfile {tls[2]}"]
         if password_file is not None:
             lines += ["allow_anonymous false", f"password_file {password_file}"]
         else:
@@ -179,3 +183,26 @@ class Receiver:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1 signed by it (openssl CLI):
+    (CA, certificate, key)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed (Debian package `openssl`)")
+    folder.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = folder / "ca.crt", folder / "ca.key"
+    cert, key, csr = folder / "server.crt", folder / "server.key", folder / "server.csr"
+    ext = folder / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    for args in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+         "/CN=edgeas-test-ca", "-keyout", ca_key, "-out", ca],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", key,
+         "-out", csr],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-days",
+         "1", "-out", cert, "-extfile", ext],
+    ):
+        subprocess.run([openssl, *map(str, args)], check=True, capture_output=True, timeout=60)
+    return ca, cert, key

@@ -226,3 +226,25 @@ def test_the_station_file_and_flags_build_the_mqtt_sink(tmp_path, monkeypatch):
         assert sink.outbox.dir == tmp_path / "q" / "mqtt" and sink.outbox.budget == 3 << 20
     finally:
         sink.close()
+
+
+def test_mqtts_verifies_the_broker_against_the_ca_file(tmp_path, caplog):
+    from brokers import make_certificates
+
+    ca, cert, key = make_certificates(tmp_path / "tls")
+    broker = Mosquitto(tmp_path / "broker", tls=(ca, cert, key))
+    try:
+        url = f"mqtts://127.0.0.1:{broker.port}/factory"
+        good = MqttSink(parse_mqtt_url(url), Outbox(tmp_path / "q1", 1 << 20), "line1",
+                        ca_file=str(ca), drain_s=10)
+        assert pipeline(PacedSource(4), [good]).run()["mqtt"]["delivered"] == 2
+        # a broker whose certificate the CA did not sign is never sent a thing
+        other, _, _ = make_certificates(tmp_path / "other")
+        wrong = MqttSink(parse_mqtt_url(url), Outbox(tmp_path / "q2", 1 << 20), "line1",
+                         ca_file=str(other), drain_s=1)
+        summary = pipeline(PacedSource(4), [wrong]).run()["mqtt"]
+        assert summary["delivered"] == 0 and summary["pending"] == 2
+        assert summary["connects"] == 0
+        assert "is --mqtt-ca the CA that signed" in caplog.text
+    finally:
+        broker.close()
