@@ -46,7 +46,14 @@ def check_integrations(options: StreamOptions) -> None:
     if options.mqtt:
         from edgeas.runtime.mqtt import parse_mqtt_url
 
-        parse_mqtt_url(options.mqtt)
+        target = parse_mqtt_url(options.mqtt)
+        # a setting that would be ignored is a mistake worth hearing about
+        if options.mqtt_password_file and target.user is None:
+            raise ConfigError("--mqtt-password-file needs a user in the URL",
+                              hint="e.g. --mqtt mqtt://edge@broker/factory")
+        if options.mqtt_ca and not target.tls:
+            raise ConfigError(f"--mqtt-ca {options.mqtt_ca}: only mqtts:// uses a CA file",
+                              hint="use mqtts://HOST[:8883]/PREFIX")
     if options.webhook:
         from edgeas.runtime.webhook import check_webhook_url
 

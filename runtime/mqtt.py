@@ -114,8 +114,11 @@ class MqttSink(QueuedSink):
     def __init__(self, target: MqttTarget, outbox: Outbox, station: str,
                  password: str | None = None, ca_file: str | None = None,
                  status_interval_s: float = STATUS_INTERVAL_S, drain_s: float = 5.0) -> None:
-        super().__init__(outbox, check_station_name(station), drain_s)
+        # checked before the base class starts its writer thread
         mqtt = require("paho.mqtt.client", "paho-mqtt", "runtime")
+        if target.tls and ca_file and not Path(ca_file).is_file():
+            raise ConfigError(f"--mqtt-ca {ca_file}: no such file")
+        super().__init__(outbox, check_station_name(station), drain_s)
         self.target, self.status_interval_s = target, status_interval_s
         self.password_set = password is not None
         base = f"{target.prefix}/{station}"
@@ -130,8 +133,6 @@ class MqttSink(QueuedSink):
         if target.user is not None:
             client.username_pw_set(target.user, password)
         if target.tls:
-            if ca_file and not Path(ca_file).is_file():
-                raise ConfigError(f"--mqtt-ca {ca_file}: no such file")
             client.tls_set(ca_certs=ca_file)
         client.will_set(self.status_topic, self._status_payload("offline"), qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=10)

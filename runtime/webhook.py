@@ -48,8 +48,9 @@ class WebhookSink(QueuedSink):
                  timeout_s: float = DEFAULT_TIMEOUT_S, drain_s: float = 5.0) -> None:
         if not timeout_s > 0:
             raise ConfigError(f"--webhook-timeout must be > 0 seconds, got {timeout_s}")
+        check_webhook_url(url)  # before the base class starts its writer thread
         super().__init__(outbox, station, drain_s)
-        self.url, self.timeout_s = check_webhook_url(url), float(timeout_s)
+        self.url, self.timeout_s = url, float(timeout_s)
         self.last_error = ""
 
     def deliver(self, data: bytes) -> str:

@@ -195,6 +195,8 @@ def test_without_paho_mqtt_is_a_clear_error_naming_the_package(tmp_path):
     (["--on-ng", "/no/such/gate"], "/no/such/gate"),
     (["--metrics", "127.0.0.1:http"], "--metrics 127.0.0.1:http"),
     (["--station", "line/3", "--mqtt", "mqtt://b/f"], "--station 'line/3'"),
+    (["--mqtt", "mqtt://b/f", "--mqtt-password-file", "pw"], "needs a user in the URL"),
+    (["--mqtt", "mqtt://u@b/f", "--mqtt-ca", "ca.crt"], "only mqtts:// uses a CA file"),
 ])
 def test_bad_integration_flags_fail_before_the_model_is_opened(tmp_path, flags, culprit):
     import subprocess
