@@ -57,6 +57,9 @@ def stream(
         help="File holding the MQTT password (else EDGEAS_MQTT_PASSWORD).",
     ),
     mqtt_ca: str | None = typer.Option(None, "--mqtt-ca", help="CA file for mqtts://."),
+    mqtt_thumbnail: bool = typer.Option(
+        False, "--mqtt-thumbnail", help="Add a 160 px JPEG of the frame to each MQTT event."
+    ),
     webhook: str | None = typer.Option(
         None, "--webhook", help="POST each NG event as JSON to this http(s) URL."
     ),
@@ -92,7 +95,8 @@ def stream(
         "aggregation": aggregation, "serve": serve, "show": show or None, "record": record,
         "events_dir": events, "events_budget_mb": events_budget_mb, "max_frames": max_frames,
         "batch": batch, "cls": cls, "station": station, "mqtt": mqtt,
-        "mqtt_password_file": mqtt_password_file, "mqtt_ca": mqtt_ca, "queue_dir": queue_dir,
+        "mqtt_password_file": mqtt_password_file, "mqtt_ca": mqtt_ca,
+        "mqtt_thumbnail": mqtt_thumbnail or None, "queue_dir": queue_dir,
         "queue_budget_mb": queue_budget_mb, "webhook": webhook,
         "webhook_timeout_s": webhook_timeout, "metrics": metrics,
         "on_ng": on_ng, "on_ng_timeout_s": on_ng_timeout,

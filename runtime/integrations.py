@@ -82,7 +82,8 @@ def add_integration_sinks(options: StreamOptions, out: list[Sink],
         target = parse_mqtt_url(options.mqtt)
         password = read_password(options.mqtt_password_file)
         sink = MqttSink(target, Outbox(queue_root(options) / "mqtt", budget), station,
-                        password=password, ca_file=options.mqtt_ca)
+                        password=password, ca_file=options.mqtt_ca,
+                        with_thumbnail=options.mqtt_thumbnail)
         out.append(sink)
         if console is not None:
             auth = " (password set)" if password is not None else ""

@@ -1,7 +1,8 @@
 """`--mqtt mqtt://[user@]HOST[:PORT]/PREFIX`: NG events and the station's status to a broker.
 
     PREFIX/STATION/events   one JSON message per NG event (runtime/delivery.py), QoS 1,
-                            in order, at least once: a receiver drops repeats by `id`
+                            in order, at least once: a receiver drops repeats by `id`;
+                            with `thumbnail`, the frame as a 160 px JPEG in base64
     PREFIX/STATION/status   retained, every `status_interval_s` while connected:
                             state "running", frames, NG frames, FPS, last frame time,
                             the source's state; "offline" when the station stops, and
@@ -33,7 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from edgeas.errors import ConfigError, require
-from edgeas.runtime.delivery import OK, RETRY, WAIT, QueuedSink
+from edgeas.runtime.delivery import OK, RETRY, WAIT, QueuedSink, event_message, thumbnail
 from edgeas.runtime.events import utc_now
 from edgeas.runtime.outbox import Outbox
 from edgeas.runtime.sink import FrameResult, SinkContext
@@ -113,13 +114,15 @@ class MqttSink(QueuedSink):
 
     def __init__(self, target: MqttTarget, outbox: Outbox, station: str,
                  password: str | None = None, ca_file: str | None = None,
-                 status_interval_s: float = STATUS_INTERVAL_S, drain_s: float = 5.0) -> None:
+                 status_interval_s: float = STATUS_INTERVAL_S, drain_s: float = 5.0,
+                 with_thumbnail: bool = False) -> None:
         # checked before the base class starts its writer thread
         mqtt = require("paho.mqtt.client", "paho-mqtt", "runtime")
         if target.tls and ca_file and not Path(ca_file).is_file():
             raise ConfigError(f"--mqtt-ca {ca_file}: no such file")
         super().__init__(outbox, check_station_name(station), drain_s)
         self.target, self.status_interval_s = target, status_interval_s
+        self.with_thumbnail = with_thumbnail
         self.password_set = password is not None
         base = f"{target.prefix}/{station}"
         self.events_topic, self.status_topic = f"{base}/events", f"{base}/status"
@@ -186,6 +189,12 @@ class MqttSink(QueuedSink):
         self.frames += 1
         self.ng_frames += int(result.is_ng)
         self._last = (time.time(), result.fps)
+
+    def on_event(self, result: FrameResult) -> None:
+        msg = event_message(result, self.station, self.source_name, self.files)
+        if self.with_thumbnail:
+            msg["thumbnail"] = thumbnail(result.frame)
+        self.enqueue(msg)
 
     def deliver(self, data: bytes) -> str:
         if not self.connected.wait(1.0):

@@ -4,7 +4,7 @@ A station file holds what the command line would (interfaces.md): `model`, `sour
 `threshold`, `min_area`, `aggregation`, `class` (the product inspected: the model's
 per-class threshold of that class), `serve`, `show`, `record`,
 `events: {dir, budget_mb}`, and what leaves the box: `station` (its name), `metrics`,
-`mqtt: {url, password_file, ca_file}`, `webhook: {url, timeout_s}`,
+`mqtt: {url, password_file, ca_file, thumbnail}`, `webhook: {url, timeout_s}`,
 `on_ng: {command, timeout_s}`, `queue: {dir, budget_mb}` (runtime/delivery.py).
 It loads through the core config loader (`edgeas.config.load_yaml_dataclass`):
 unknown keys are errors that name the key and the file, so a typo never silently runs a
@@ -42,6 +42,7 @@ class MqttSection:
     url: str | None = None  # mqtt://[user@]HOST[:PORT]/PREFIX; never a password
     password_file: str | None = None
     ca_file: str | None = None
+    thumbnail: bool = False  # a small JPEG of the frame in each event message
 
 
 @dataclass
@@ -107,6 +108,7 @@ class StreamOptions:
     mqtt: str | None = None
     mqtt_password_file: str | None = None
     mqtt_ca: str | None = None
+    mqtt_thumbnail: bool = False
     webhook: str | None = None
     webhook_timeout_s: float = 5.0
     on_ng: str | None = None
@@ -192,6 +194,7 @@ def load_station(path: str | Path) -> StreamOptions:
         mqtt=mqtt.url,
         mqtt_password_file=_text(mqtt.password_file, base),
         mqtt_ca=_text(mqtt.ca_file, base),
+        mqtt_thumbnail=mqtt.thumbnail,
         webhook=webhook.url,
         webhook_timeout_s=5.0 if webhook.timeout_s is None else webhook.timeout_s,
         on_ng=on_ng.command,

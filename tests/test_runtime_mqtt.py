@@ -250,3 +250,24 @@ def test_mqtts_verifies_the_broker_against_the_ca_file(tmp_path, caplog):
         assert "is --mqtt-ca the CA that signed" in caplog.text
     finally:
         broker.close()
+
+
+def test_an_optional_thumbnail_rides_in_the_message(tmp_path, broker):
+    import base64
+
+    import cv2
+    import numpy as np
+
+    sub = Subscriber(broker.port, "factory/line1/events")
+    sink = _sink(broker.port, tmp_path / "queue", drain_s=10, with_thumbnail=True)
+    pipeline(PacedSource(2), [sink]).run()
+    (msg,) = sub.wait_for("/events", 1)
+    sub.close()
+    jpeg = np.frombuffer(base64.b64decode(msg["thumbnail"]), np.uint8)
+    thumb = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
+    assert thumb is not None and thumb.shape[1] <= 160 and thumb.mean() > 200  # bright = NG
+    from edgeas.runtime.delivery import thumbnail
+
+    wide = cv2.imdecode(np.frombuffer(base64.b64decode(thumbnail(
+        np.zeros((720, 1280, 3), np.uint8))), np.uint8), cv2.IMREAD_COLOR)
+    assert wide.shape == (90, 160, 3)  # a 720p frame, 160 px wide, its aspect kept
