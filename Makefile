@@ -14,9 +14,13 @@ APT_PACKAGES = shellcheck systemd chromium ffmpeg python3-gi gir1.2-gst-rtsp-ser
 # The exact versions the tests passed with (`make lock` writes it): what `make install`,
 # hence `make demo`, `make test` and CI, installs. pyproject.toml keeps ranges.
 CONSTRAINTS = constraints.txt
-EXTRAS = train,export,runtime,dev
+EXTRAS = train,export,runtime,dev,triton
+# The tests' Triton Inference Server (PyTriton's binary), in a venv of its own: its wheel
+# requires numpy < 2. tests/triton_support.py finds it here.
+TRITON_VENV ?= .venv-tritonserver
 
-.PHONY: install upgrade lock system-packages demo test test-newest lint gpu-wheels gpu-check
+.PHONY: install upgrade lock system-packages demo test test-newest lint gpu-wheels gpu-check \
+	triton-server
 
 install:
 	$(PYTHON) -m pip install --quiet -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
@@ -60,7 +64,13 @@ demo: install
 	edgeas stream --model $(DEMO)/model.onnx --video $(DEMO)/line.mp4 --serve $(DEMO_SERVE) \
 		--events $(DEMO)/events --record $(DEMO)/annotated.mp4
 
-test: system-packages install
+# tritonserver from nvidia-pytriton (~55 MB wheel), for the tests of `triton://` and
+# `edgeas export-triton` against a real server (tests/test_triton_*.py).
+triton-server:
+	@[ -x $(TRITON_VENV)/bin/python ] || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet -r tests/triton-server-requirements.txt
+
+test: system-packages install triton-server
 	$(PYTHON) -m pytest -q
 
 # The CLI's usage tests in a fresh venv with the newest core dependencies (no lock, no

@@ -3,8 +3,12 @@
 Writes, beside -o model.int8.onnx: model.int8.cpu.onnx (ONNX Runtime CPU), model.int8.cache
 (TensorRT 10's legacy calibration cache) with model.int8.cache.json (the ONNX and images it
 was made from, so that `build-engine --calib-cache` reuses it) and model.int8.json (what was
-done and how accurate it is). The models are written before the accuracy gate runs, so that a
-failed gate leaves them for inspection; the exit code says whether they passed.
+done and how accurate it is); with --sensitivity, --mixed-precision or --keep-float also
+model.int8.sensitivity.json (the per-block analysis and the plan, calibration/mixed.py).
+--method auto collects the three methods' ranges in one pass and takes, per format, the
+one whose INT8 model scores best against FP32 (mixed.choose_methods).
+The models are written before the accuracy gate runs, so that a failed gate leaves them
+for inspection; the exit code says whether they passed.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from edgeas import calibcache, calibimages
 from edgeas.calibration import evalset as ev
 from edgeas.calibration import gate as gt
 from edgeas.calibration import images as im
+from edgeas.calibration import mixed as mx
 from edgeas.calibration import quantize as qz
 from edgeas.calibration import ranges as rg
 from edgeas.errors import ArtifactError, CalibrationError, ConfigError, require
@@ -36,6 +41,7 @@ from edgeas.record import ModelRecord
 
 console = Console(stderr=True, soft_wrap=True)
 CHUNK = 8  # images per ONNX Runtime call (dynamic-batch graphs) and per gate step
+AUTO = "auto"  # --method auto: each format takes the method that scores best
 
 
 @dataclass
@@ -47,6 +53,14 @@ class CalibrateOptions:
     max_pap_drop: float = 1.0
     min_cosine: float = 0.95
     trt_version: str = calibcache.DEFAULT_VERSION
+    sensitivity: bool = False
+    mixed_precision: bool = False
+    keep_float: tuple[str, ...] = ()
+    max_float_blocks: int = mx.sv.MAX_FLOAT_BLOCKS
+
+    def mixed(self) -> mx.MixedOptions:
+        return mx.MixedOptions(self.sensitivity, self.mixed_precision, tuple(self.keep_float),
+                               self.max_float_blocks, self.min_cosine, self.max_pap_drop)
 
 
 def output_paths(output: Path) -> dict[str, Path]:
@@ -54,7 +68,8 @@ def output_paths(output: Path) -> dict[str, Path]:
     stem = output.name[: -len(".onnx")]
     return {"qdq": output, "qoperator": output.with_name(f"{stem}.cpu.onnx"),
             "cache": output.with_name(f"{stem}.cache"),
-            "report": output.with_name(f"{stem}.json")}
+            "report": output.with_name(f"{stem}.json"),
+            "sensitivity": output.with_name(f"{stem}.sensitivity.json")}
 
 
 def _check_args(onnx_path: Path, output: Path, opts: CalibrateOptions) -> None:
@@ -64,12 +79,15 @@ def _check_args(onnx_path: Path, output: Path, opts: CalibrateOptions) -> None:
         raise ConfigError(f"-o {output}: the output must be an .onnx file (model.int8.onnx)")
     if output.resolve() == onnx_path.resolve():
         raise ConfigError(f"-o {output} would overwrite the FP32 model")
-    if opts.method not in rg.METHODS:
-        raise ConfigError(f"--method {opts.method}: choose one of {', '.join(rg.METHODS)}")
+    if opts.method not in (*rg.METHODS, AUTO):
+        raise ConfigError(f"--method {opts.method}: choose one of "
+                          f"{', '.join((*rg.METHODS, AUTO))}")
     if not 0.0 < opts.min_cosine <= 1.0:
         raise ConfigError(f"--min-cosine {opts.min_cosine}: expected a value in (0, 1]")
     if not opts.max_pap_drop >= 0.0:
         raise ConfigError(f"--max-pap-drop {opts.max_pap_drop}: expected >= 0 (points)")
+    if opts.max_float_blocks < 0:
+        raise ConfigError(f"--max-float-blocks {opts.max_float_blocks}: expected >= 0")
     calibcache.version_number(opts.trt_version)  # raises on a malformed version
 
 
@@ -96,16 +114,26 @@ def _load(paths: list[Path], recipe: Recipe) -> np.ndarray:
         return im.load_tensors(paths, recipe, lambda n: bar.advance(task, n))
 
 
-def _calibrate(model, tensors: np.ndarray, method: str) -> rg.Ranges:
+def _calibrate(model, tensors: np.ndarray, method: str) -> dict[str, rg.Ranges]:
+    """{method: ranges}: every method for --method auto, else the one asked for."""
     batch = _static_batch(model)
+    methods = rg.METHODS if method == AUTO else (method,)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task(f"collecting ranges ({method})", total=len(tensors))
-        return rg.collect(model, _batches(tensors, batch), method, _session_factory,
-                          lambda n: bar.advance(task, n))
+        return rg.collect_methods(model, _batches(tensors, batch), methods, _session_factory,
+                                  lambda n: bar.advance(task, n))
 
 
-def _int8_record(model_record: ModelRecord, fmt: str, calibration: dict[str, Any]) -> ModelRecord:
-    stage = {"calibration": calibration, "quantization": qz.describe(fmt)}
+def _int8_record(model_record: ModelRecord, fmt: str, calibration: dict[str, Any],
+                 plan: mx.sv.Plan | None, keep_float: tuple[str, ...], method: str
+                 ) -> ModelRecord:
+    quantization = qz.describe(fmt)
+    if plan is not None and plan.float_nodes:  # nodes left float: which and why
+        quantization.update(float_nodes=len(plan.float_nodes), keep_float=list(keep_float),
+                            float_blocks=plan.float_blocks)
+    if calibration["method"] == AUTO:
+        quantization["method"] = method
+    stage = {"calibration": calibration, "quantization": quantization}
     return model_record.with_stage("calibration", stage, precision="int8")
 
 
@@ -160,6 +188,44 @@ def _failure_message(failures: list[str]) -> str:
     return "; ".join(ordered[:2]) + more
 
 
+def _plans(model_record: ModelRecord, model, by_method: dict[str, rg.Ranges],
+           held: np.ndarray, opts: CalibrateOptions, files: dict[str, Path]
+           ) -> tuple[dict[str, mx.sv.Plan], dict[str, rg.Ranges], dict[str, Any]]:
+    """({format: the plan whose model to write} when --method auto, --sensitivity,
+    --mixed-precision or --keep-float chose it, else {}; {format: its ranges}; what the
+    report records: the method choice, and whether .sensitivity.json was written)."""
+    planned = opts.sensitivity or opts.mixed_precision or opts.keep_float
+    if opts.method != AUTO and not planned:
+        return {}, {fmt: by_method[opts.method] for fmt in qz.FORMATS}, {}
+    ref = mx.build_reference(model_record, _session_factory(model.SerializeToString()), held,
+                             opts.eval_data, console)
+    notes: dict[str, Any] = {}
+    first = None
+    if opts.method == AUTO:
+        per_format, first, notes["method_choice"] = mx.choose_methods(
+            model, by_method, ref, opts.mixed(), _session_factory, console)
+    else:
+        per_format = {fmt: by_method[opts.method] for fmt in qz.FORMATS}
+    if not planned:
+        assert first is not None
+        keep: list[str] = []
+        return ({fmt: mx.sv.Plan(fmt, [], keep, *first[fmt]) for fmt in qz.FORMATS},
+                per_format, notes)
+    plans, report = mx.run(model, per_format, ref, opts.mixed(), _session_factory, console,
+                           first)
+    atomic_write_text(files["sensitivity"], json.dumps(report, indent=2, sort_keys=True))
+    console.print(f"[green]wrote[/] {files['sensitivity']}")
+    notes["sensitivity"] = str(files["sensitivity"])
+    return plans, per_format, notes
+
+
+def _float_inputs(model, nodes: list[str]) -> set[str]:
+    wanted = set(nodes)
+    consts = {i.name for i in model.graph.initializer}
+    return {i for n in model.graph.node if n.name in wanted for i in n.input
+            if i and i not in consts}
+
+
 def calibrate_command(onnx_path: Path, images: Path, output: Path,
                       opts: CalibrateOptions) -> dict[str, Any]:
     from edgeas.artifacts import read_onnx_record, sha256_file
@@ -187,17 +253,26 @@ def calibrate_command(onnx_path: Path, images: Path, output: Path,
         model = onnx.load(str(onnx_path))
     except Exception as exc:  # protobuf decode errors have no common base class
         raise ArtifactError(f"{onnx_path}: not a readable ONNX model ({exc})") from exc
-    ranges = _calibrate(model, tensors[keep], opts.method)
-    used = [paths[i] for i in keep[: ranges.images]]
-    record = {"images": ranges.images,
+    mx.sv.nodes_under(model, opts.keep_float)  # a wrong --keep-float fails before the work
+    by_method = _calibrate(model, tensors[keep], opts.method)
+    counted = next(iter(by_method.values())).images
+    used = [paths[i] for i in keep[:counted]]
+    record = {"images": counted,
               "file_list_sha256": calibimages.file_list_sha256(used, images),
               "method": opts.method, "held_out": len(hold), "source": str(images)}
     files = output_paths(output)
     written: dict[str, Any] = {}
+    plans, per_format, notes = _plans(model_record, model, by_method, tensors[hold], opts,
+                                      files)
     for fmt in qz.FORMATS:
-        console.print(f"quantizing ({fmt}) ...")
-        int8 = qz.quantize(model, ranges, fmt)
-        set_metadata(int8, _int8_record(model_record, fmt, record).to_json())
+        plan = plans.get(fmt)
+        if plan is None:
+            console.print(f"quantizing ({fmt}) ...")
+            int8 = qz.quantize(model, per_format[fmt], fmt)
+        else:
+            int8 = plan.model
+        set_metadata(int8, _int8_record(model_record, fmt, record, plan, opts.keep_float,
+                                        per_format[fmt].method).to_json())
         if fmt == "qdq":
             problems = qz.qdq_problems(int8)
             if problems:  # a bug here, not the user's: TensorRT would refuse the file
@@ -206,9 +281,15 @@ def calibrate_command(onnx_path: Path, images: Path, output: Path,
         atomic_write_bytes(files[fmt], int8.SerializeToString())
         written[fmt] = int8
         console.print(f"[green]wrote[/] {files[fmt]}")
-    cache_text, skipped = calibcache.render(ranges.amax, opts.trt_version)
+    # TensorRT 10's implicit INT8 runs a layer whose input has no scale in float: the inputs
+    # of the nodes the Q/DQ plan keeps float leave the cache, so that both routes agree.
+    float_inputs = _float_inputs(model, plans["qdq"].float_nodes if "qdq" in plans else [])
+    ranges = per_format["qdq"]  # TensorRT's: the Q/DQ model's ranges
+    amax = {k: v for k, v in ranges.amax.items() if k not in float_inputs}
+    cache_text, skipped = calibcache.render(amax, opts.trt_version)
     atomic_write_text(files["cache"], cache_text)
-    cache_record = calibcache.calibrate_record(sha256_file(onnx_path), recipe.input_size, record,
+    cache_record = calibcache.calibrate_record(sha256_file(onnx_path), recipe.input_size,
+                                              {**record, "method": ranges.method},
                                               opts.trt_version)
     atomic_write_text(calibcache.record_path(files["cache"]),
                       json.dumps(cache_record, indent=2, sort_keys=True))
@@ -221,13 +302,20 @@ def calibrate_command(onnx_path: Path, images: Path, output: Path,
         "files": {**{k: str(v) for k, v in files.items()},
                   "cache_record": str(calibcache.record_path(files["cache"]))},
         "calibration": record, "images": image_check.to_json(),
-        "ranges": {"tensors": len(ranges.amax), "method": opts.method},
+        "ranges": {"tensors": len(ranges.amax), "method": opts.method,
+                   "per_format": {fmt: r.method for fmt, r in per_format.items()}},
+        **({"method_choice": notes["method_choice"]} if "method_choice" in notes else {}),
         "quantization": {fmt: qz.describe(fmt) for fmt in qz.FORMATS},
         "trt_cache": {"header": calibcache.header(opts.trt_version),
-                      "tensors": len(ranges.amax) - len(skipped), "left_out": skipped},
+                      "tensors": len(amax) - len(skipped), "left_out": skipped,
+                      "left_out_float": sorted(float_inputs & set(ranges.amax))},
+        "float": {fmt: {"blocks": p.float_blocks, "nodes": len(p.float_nodes)}
+                  for fmt, p in plans.items()},
         "gate": result.report, "allow_drop": opts.allow_drop,
         "seconds": round(time.perf_counter() - start, 1),
     }
+    if "sensitivity" not in notes:
+        del report["files"]["sensitivity"]
     atomic_write_text(files["report"], json.dumps(report, indent=2, sort_keys=True))
     console.print(f"[green]wrote[/] {files['report']}")
     if not result.passed:
@@ -235,9 +323,10 @@ def calibrate_command(onnx_path: Path, images: Path, output: Path,
         if not opts.allow_drop:
             raise CalibrationError(
                 f"INT8 accuracy gate failed: {reason}",
-                hint=f"the files are written for inspection ({files['report'].name}); calibrate "
-                "on more or more typical normal images, try --method percentile/minmax, or "
-                "accept the loss with --allow-drop",
+                hint=f"the files are written for inspection ({files['report'].name}); try "
+                "--method auto (the best of the three per format) and --mixed-precision "
+                "(keeps the most sensitive blocks in float), calibrate on more or more "
+                "typical normal images, or accept the loss with --allow-drop",
             )
         console.print(f"[yellow]warning:[/] accuracy gate failed ({reason}); kept by --allow-drop")
     elif opts.eval_data is not None:

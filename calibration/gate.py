@@ -6,7 +6,9 @@ test split: per-image cosine similarity of each per-level map and of the anomaly
 test split also pAP, DSC and AUROCs via `edgeas.metrics.evaluate`, FP32 vs INT8. With a
 test split the gate fails when pAP drops by more than `max_pap_drop` points (what
 segmentation is judged on); without one, when the worst anomaly-map cosine is below
-`min_cosine`. Every number is reported either way.
+`min_cosine`. Every number is reported either way. A variant (or the FP32 model) whose
+maps hold NaN or inf on any image fails either way, naming the map and the count: its
+cosine is undefined, not 1.
 """
 
 from __future__ import annotations
@@ -50,29 +52,50 @@ class Gate:
         self.cos: dict[str, dict[str, dict[str, list[np.ndarray]]]] = {
             v: {s: {} for s in SETS} for v in variants}
         self.maps: dict[str, list[np.ndarray]] = {m: [] for m in ["fp32", *variants]}
+        # per model ("fp32" and each variant), image set and map: images not all finite
+        self.nonfinite: dict[str, dict[str, dict[str, int]]] = {
+            m: {s: {} for s in SETS} for m in ["fp32", *variants]}
+        self.images = {s: 0 for s in SETS}
         self.masks: list[np.ndarray] = []
         self.classes: list[str] = []
 
-    def _run(self, session, images: np.ndarray) -> dict[str, np.ndarray]:
+    def _run(self, model: str, session, images: np.ndarray, which: str) -> dict[str, np.ndarray]:
         out = run(session, images)
         levels = [out[name][:, 0] for name in self.outputs]
-        out[MAP] = aggregate_batch(levels, self.size, *self.setting)
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite maps are counted
+            out[MAP] = aggregate_batch(levels, self.size, *self.setting)
+        counts = self.nonfinite[model][which]
+        for key in [*self.outputs, MAP]:
+            bad = int(np.sum(~np.isfinite(out[key].reshape(len(images), -1)).all(axis=1)))
+            counts[key] = counts.get(key, 0) + bad
         return out
 
     def add(self, images: np.ndarray, which: str, masks: np.ndarray | None = None,
             classes: Sequence[str] = ()) -> None:
-        ref = self._run(self.fp32, images)
+        ref = self._run("fp32", self.fp32, images, which)
+        self.images[which] += len(images)
         if masks is not None:
             self.maps["fp32"].append(ref[MAP])
             self.masks.append(masks)
             self.classes.extend(classes)
         for name, session in self.variants.items():
-            got = self._run(session, images)
+            got = self._run(name, session, images, which)
             for key in [*self.outputs, MAP]:
                 cos = cosine_per_image(got[key], ref[key])
                 self.cos[name][which].setdefault(key, []).append(cos)
             if masks is not None:
                 self.maps[name].append(got[MAP])
+
+    def _nonfinite_failure(self, model: str, which: str, images: int) -> str | None:
+        """"qdq: the anomaly map is NaN or infinite on 3 of 8 held-out images", or None."""
+        counts = self.nonfinite[model][which]
+        key = MAP if counts.get(MAP) else next((k for k in self.outputs if counts.get(k)), None)
+        if key is None:
+            return None
+        what = "the anomaly map" if key == MAP else f"output {key}"
+        label = "the FP32 model" if model == "fp32" else model
+        return (f"{label}: {what} is NaN or infinite on {counts[key]} of {images} "
+                f"{which.replace('_', '-')} images")
 
     def _metrics(self, model: str) -> dict[str, float]:
         maps = np.concatenate(self.maps[model])
@@ -84,11 +107,16 @@ class Gate:
                                                "max_pap_drop_points": max_pap_drop},
                                   "variants": {}}
         failures: list[str] = []
-        fp32_metrics = self._metrics("fp32") if self.masks else None
+        for which in SETS:  # a broken FP32 model makes every comparison meaningless
+            problem = self._nonfinite_failure("fp32", which, self.images[which])
+            if problem:
+                failures.append(problem)
+        eval_ok = {m: not self.nonfinite[m]["eval"].get(MAP) for m in ["fp32", *self.variants]}
+        fp32_metrics = self._metrics("fp32") if self.masks and eval_ok["fp32"] else None
         # With labelled data the gate judges what a station loses: pAP. Without, the maps'
         # cosine to FP32 is the only evidence. (Worst-image cosine alone is too strict for
         # weak models: their normal-image maps are low noise whose cosine moves most.)
-        report["criteria"]["judged_by"] = "pap_drop" if fp32_metrics is not None else "cosine"
+        report["criteria"]["judged_by"] = "pap_drop" if self.masks else "cosine"
         if fp32_metrics is not None:
             report["fp32_metrics"] = fp32_metrics
         for name in self.variants:
@@ -98,16 +126,22 @@ class Gate:
                 if not per:
                     continue
                 cos = {k: np.concatenate(v) for k, v in per.items()}
+                # None where any image's map is not finite: no cosine describes it
                 entry[which] = {
                     "images": int(len(cos[MAP])),
-                    "cosine_min": {k: float(v.min()) for k, v in cos.items()},
-                    "cosine_mean": {k: float(v.mean()) for k, v in cos.items()},
+                    "cosine_min": {k: _finite_or_none(v.min()) for k, v in cos.items()},
+                    "cosine_mean": {k: _finite_or_none(v.mean()) for k, v in cos.items()},
+                    "nonfinite_images": int(self.nonfinite[name][which].get(MAP, 0)),
                 }
+                problem = self._nonfinite_failure(name, which, len(cos[MAP]))
+                if problem:
+                    failures.append(problem)
+                    continue
                 worst = entry[which]["cosine_min"][MAP]
-                if worst < min_cosine and fp32_metrics is None:
+                if worst is not None and worst < min_cosine and not self.masks:
                     failures.append(f"{name}: worst anomaly-map cosine {worst:.4f} on the "
                                     f"{which.replace('_', '-')} images is below {min_cosine:g}")
-            if fp32_metrics is not None:
+            if fp32_metrics is not None and eval_ok[name]:
                 got = self._metrics(name)
                 delta = {k: 100.0 * (got[k] - fp32_metrics[k]) for k in METRICS}
                 entry["metrics"] = got
@@ -125,6 +159,10 @@ class Gate:
         return GateResult(report, failures)
 
 
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
 def table_rows(report: dict[str, Any], outputs: Sequence[str]) -> list[list[str]]:
     """Rows of the printed table: variant, images, worst cosine per output, metric deltas."""
     rows = []
@@ -133,7 +171,8 @@ def table_rows(report: dict[str, Any], outputs: Sequence[str]) -> list[list[str]
             if which not in entry:
                 continue
             e = entry[which]
-            cells = [f"{e['cosine_min'][k]:.4f}" for k in [*outputs, MAP]]
+            cells = ["NaN/inf" if e["cosine_min"][k] is None else f"{e['cosine_min'][k]:.4f}"
+                     for k in [*outputs, MAP]]
             metrics = ["", ""]
             if which == "eval" and "metrics" in entry:
                 metrics = [f"{100 * entry['metrics'][k]:.2f} {entry['delta_points'][k]:+.2f}"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +84,11 @@ def _opset(model) -> int:
     return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
-def quantize(model, ranges: Ranges, fmt: str):
-    """The INT8 ModelProto of `model` (an FP32 ModelProto) in format `fmt`."""
+def quantize(model, ranges: Ranges, fmt: str, exclude: Sequence[str] = (),
+             only: Sequence[str] | None = None):
+    """The INT8 ModelProto of `model` (an FP32 ModelProto) in format `fmt`: every Conv,
+    MatMul and Gemm node quantized except those named in `exclude` (they stay float: in
+    the Q/DQ model TensorRT then runs them in FP16/FP32), or, with `only`, just those."""
     if fmt not in FORMATS:
         raise CalibrationError(f"unknown INT8 format {fmt!r}")
     onnx = require("onnx", "onnx", "export")
@@ -119,6 +123,8 @@ def quantize(model, ranges: Ranges, fmt: str):
                 q.quantize_static(
                     model, out, calibration_data_reader=None, per_channel=True,
                     op_types_to_quantize=list(OP_TYPES),
+                    nodes_to_quantize=list(only) if only is not None else None,
+                    nodes_to_exclude=list(exclude) or None,
                     calibrate_method=method, calibration_cache_path=cache, **kwargs,
                 )
         except Exception as exc:  # ONNX Runtime raises bare ValueError/RuntimeError here

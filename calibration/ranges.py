@@ -13,7 +13,7 @@ several minutes. The ranges go to ONNX Runtime's quantizer as its calibration ca
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -204,18 +204,8 @@ class Ranges:
     images: int
 
 
-def collect(
-    model,
-    batches: Iterable[np.ndarray],
-    method: str,
-    session_factory: Callable[[bytes], object],
-    advance: Callable[[int], None] | None = None,
-) -> Ranges:
-    """Run the augmented `model` over `batches` (each (B, 3, H, W) float32) and compute
-    the ranges of every float tensor with `method`."""
-    if method not in METHODS:
-        raise CalibrationError(f"unknown calibration method {method!r}",
-                               hint=f"choose one of {', '.join(METHODS)}")
+def _histograms(model, batches: Iterable[np.ndarray], session_factory: Callable[[bytes], object],
+                advance: Callable[[int], None] | None) -> tuple[Histograms, dict[str, str]]:
     augmented, names, copied = augment(model)
     session = session_factory(augmented.SerializeToString())
     input_name = session.get_inputs()[0].name
@@ -229,9 +219,42 @@ def collect(
             advance(len(batch))
     if not hists.count:
         raise CalibrationError("no calibration images were run")
+    return hists, copied
+
+
+def _ranges(hists: Histograms, copied: dict[str, str], method: str) -> Ranges:
     amax = {n: hists.amax(n, method) for n in hists.hist}
     low, high = dict(hists.low), dict(hists.high)
     for name, source in copied.items():  # in graph order, so chains resolve front to back
         if source in amax:
             amax[name], low[name], high[name] = amax[source], low[source], high[source]
     return Ranges(method, amax, low, high, hists.count)
+
+
+def collect(
+    model,
+    batches: Iterable[np.ndarray],
+    method: str,
+    session_factory: Callable[[bytes], object],
+    advance: Callable[[int], None] | None = None,
+) -> Ranges:
+    """Run the augmented `model` over `batches` (each (B, 3, H, W) float32) and compute
+    the ranges of every float tensor with `method`."""
+    return collect_methods(model, batches, (method,), session_factory, advance)[method]
+
+
+def collect_methods(
+    model,
+    batches: Iterable[np.ndarray],
+    methods: Sequence[str],
+    session_factory: Callable[[bytes], object],
+    advance: Callable[[int], None] | None = None,
+) -> dict[str, Ranges]:
+    """The ranges of every method in `methods` from one pass over the images (the
+    histograms are the same; only the clip read from them differs)."""
+    for method in methods:
+        if method not in METHODS:
+            raise CalibrationError(f"unknown calibration method {method!r}",
+                                   hint=f"choose one of {', '.join(METHODS)}")
+    hists, copied = _histograms(model, batches, session_factory, advance)
+    return {method: _ranges(hists, copied, method) for method in methods}

@@ -12,6 +12,7 @@ from rich.console import Console
 from edgeas.cli_errors import Root, report_click_error
 from edgeas.cli_stream import stream
 from edgeas.cli_threshold import threshold_app
+from edgeas.cli_triton import export_triton
 
 app = typer.Typer(
     cls=Root,
@@ -22,6 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(threshold_app, name="threshold")
+app.command("export-triton")(export_triton)
 console = Console(stderr=True)
 
 
@@ -234,7 +236,10 @@ def calibrate(
         ".cache and .json files go beside it."
     ),
     num: int = typer.Option(256, "--num", help="At most this many images (1 in 8 held out)."),
-    method: str = typer.Option("entropy", "--method", help="entropy | percentile | minmax"),
+    method: str = typer.Option(
+        "entropy", "--method", help="entropy | percentile | minmax | auto (per format, the "
+        "one that scores best against FP32)."
+    ),
     eval_data: Path | None = typer.Option(
         None, "--eval-data", help="MVTec-layout test set: pAP and DSC of FP32 vs INT8."
     ),
@@ -246,10 +251,26 @@ def calibrate(
     ),
     min_cosine: float = typer.Option(
         0.95, "--min-cosine",
-        help="Without --eval-data: least worst-image cosine of INT8 vs FP32 maps.",
+        help="Least worst-image cosine of INT8 vs FP32 maps: the gate without --eval-data, "
+        "and the Q/DQ target of --mixed-precision.",
     ),
     trt_version: str = typer.Option(
         "10.3.0", "--trt-version", help="TensorRT version named in the .cache file's header."
+    ),
+    sensitivity: bool = typer.Option(
+        False, "--sensitivity", help="Rank the blocks by the loss each alone in INT8 causes "
+        "(writes .sensitivity.json)."
+    ),
+    mixed_precision: bool = typer.Option(
+        False, "--mixed-precision", help="Keep the most sensitive blocks in float until each "
+        "format meets its targets."
+    ),
+    keep_float: list[str] = typer.Option(
+        [], "--keep-float", help="Keep the Conv/MatMul/Gemm nodes under this name prefix in "
+        "float (repeatable)."
+    ),
+    max_float_blocks: int = typer.Option(
+        6, "--max-float-blocks", help="With --mixed-precision: at most this many blocks float."
     ),
 ) -> None:
     """INT8 models calibrated on normal images, gated on their accuracy against FP32."""
@@ -258,6 +279,8 @@ def calibrate(
     options = CalibrateOptions(
         num=num, method=method, eval_data=eval_data, allow_drop=allow_drop,
         max_pap_drop=max_pap_drop, min_cosine=min_cosine, trt_version=trt_version,
+        sensitivity=sensitivity, mixed_precision=mixed_precision, keep_float=tuple(keep_float),
+        max_float_blocks=max_float_blocks,
     )
     calibrate_command(onnx, images, output, options)
 
@@ -299,7 +322,9 @@ app.command()(stream)  # edgeas/cli_stream.py: its many options live there
 
 @app.command()
 def bench(
-    model: Path = typer.Argument(..., help="MODEL.onnx or MODEL.engine."),
+    model: str = typer.Argument(
+        ..., help="MODEL.onnx, MODEL.engine or triton://HOST:PORT/NAME."
+    ),
     frames: int = typer.Option(100, help="Frames to time (after a short warm-up)."),
     batch: int = typer.Option(1, help="Images per inference."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the results as JSON."),

@@ -12,7 +12,9 @@ def stream(
     source: str | None = typer.Argument(
         None, help="v4l2:///dev/video0, csi://0, rtsp://host/path, file://clip.mp4 or a folder."
     ),
-    model: str | None = typer.Option(None, "--model", "-m", help="MODEL.onnx or MODEL.engine."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="MODEL.onnx, MODEL.engine or triton://HOST:PORT/NAME."
+    ),
     config: Path | None = typer.Option(None, "--config", help="Station file (station.yaml)."),
     camera: int | None = typer.Option(None, "--camera", help="USB/V4L2 camera N."),
     video: str | None = typer.Option(None, "--video", help="Video file (no frame dropped)."),

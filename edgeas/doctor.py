@@ -31,6 +31,7 @@ def _installs(jetson: bool) -> dict[str, str]:
     base = {
         "train": "pip install 'edgeas[train]'",
         "onnxruntime": "pip install onnxruntime",
+        "triton": "pip install 'edgeas[triton]'",
         "core": "pip install edgeas",
         "gpu": "run build-engine on the device that will run the engine (engines are per GPU)",
         "model": "build it on this device: edgeas build-engine --onnx model.onnx -o MODEL",
@@ -93,7 +94,14 @@ def _stream_needs(report: Info, station: Info, need: Callable[..., None]) -> Non
         if not _has(mod):
             need(mod, "a core dependency of the station", "core")
     model = str(station.get("model") or "")
-    kind = "engine" if model.endswith((".engine", ".plan")) else "onnx" if model else None
+    remote = model.split("://", 1)[0].lower() in ("triton", "tritonhttp")
+    if remote:
+        # served by a Triton server: the station needs its client, no model file or engine
+        if not _has("tritonclient"):
+            need("tritonclient", f"{model} is a model on a Triton server", "triton")
+        model = ""
+    kind = ("remote" if remote else "engine" if model.endswith((".engine", ".plan"))
+            else "onnx" if model else None)
     trt_ok = bool(report["tensorrt"]["build_path"] or report["tensorrt_rtx"]["build_path"])
     layer = report.get("cuda_layer")  # pycuda, else cuda-python (edgeas.cuda.open_cuda)
     cuda = report[layer.replace("-", "_")] if layer else {}

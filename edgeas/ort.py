@@ -93,15 +93,20 @@ def relative_error(got: np.ndarray, want: np.ndarray) -> float:
 
 
 def cosine_per_image(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each image's values; 1.0 where both are all zero (or one is),
+    NaN where either holds NaN or inf (a min over images is then NaN, never a pass)."""
     a = got.reshape(len(got), -1).astype(np.float64)
     b = want.reshape(len(want), -1).astype(np.float64)
+    finite = np.isfinite(a).all(axis=1) & np.isfinite(b).all(axis=1)
+    a, b = np.where(finite[:, None], a, 0.0), np.where(finite[:, None], b, 0.0)
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return np.where(norms > 0, np.sum(a * b, axis=1) / np.maximum(norms, 1e-300), 1.0)
+    cos = np.where(norms > 0, np.sum(a * b, axis=1) / np.maximum(norms, 1e-300), 1.0)
+    return np.where(finite, cos, np.nan)
 
 
 def accuracy(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> dict[str, dict]:
     """Per output: worst per-image cosine (maps only: a per-image scalar has none; None
-    too when a map holds NaN or inf, where `cosine_per_image` would say 1.0), max abs
+    too when a map holds NaN or inf, where `cosine_per_image` says NaN), max abs
     and relative error, finiteness and the number of images with non-finite values."""
     out = {}
     for name, ref in want.items():

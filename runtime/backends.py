@@ -18,13 +18,21 @@ from typing import Any
 import numpy as np
 
 from edgeas.artifacts import ENGINE_SUFFIXES, read_engine_metadata, read_onnx_record
-from edgeas.errors import ArtifactError, ConfigError, require
+from edgeas.errors import ArtifactError, ConfigError, StreamError, require
 from edgeas.ort import open_session
 from edgeas.preprocess import Recipe
 from edgeas.record import ModelRecord
 
+# URL schemes of models served elsewhere (runtime/triton_backend.py; checked before the
+# path is made a Path, which would fold the '//').
+REMOTE_SCHEMES = ("triton", "tritonhttp")
 # Preferred first; the first available one runs each node it supports.
 ORT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class NoAnswer(StreamError):
+    """A remote backend got no answer for one batch; the pipeline counts its frames as
+    unanswered and goes on (a local backend never raises it)."""
 
 
 class Backend:
@@ -90,7 +98,7 @@ class Backend:
         pass
 
 
-def _squeeze_level(out: np.ndarray, name: str, source: str) -> np.ndarray:
+def squeeze_level(out: np.ndarray, name: str, source: str) -> np.ndarray:
     """(N, 1, h, w) -> (N, h, w): the exported graphs keep a channel axis of one."""
     a = np.asarray(out, dtype=np.float32)
     if a.ndim == 4 and a.shape[1] == 1:
@@ -158,14 +166,24 @@ class OnnxRuntimeBackend(Backend):
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         batch, n = self.pad(self.check_batch(batch))
         outs = self.session.run(self.output_names, {self.input_name: batch})
-        return [_squeeze_level(o, name, str(self.path))[:n]
+        return [squeeze_level(o, name, str(self.path))[:n]
                 for o, name in zip(outs, self.output_names)]
 
 
 def open_backend(path: str | Path, device: str = "auto") -> Backend:
     """The backend for a model file: `.onnx` -> ONNX Runtime, `.engine`/`.plan`/`.trt` ->
-    TensorRT. `device`: "auto" (ONNX Runtime: CPU, or CUDA/TensorRT providers when
-    present), "cpu" or "gpu"."""
+    TensorRT; or a URL `triton://HOST:PORT/NAME` / `tritonhttp://...` -> the model on a
+    Triton server (runtime/triton_backend.py). `device`: "auto" (ONNX Runtime: CPU, or
+    CUDA/TensorRT providers when present), "cpu" or "gpu"; a remote model runs wherever
+    its server put it."""
+    if isinstance(path, str) and path.split("://", 1)[0].lower() in REMOTE_SCHEMES:
+        if device != "auto":  # not silently ignored: the server decides where it runs
+            raise ConfigError(f"--device {device}: {path} runs where its Triton server "
+                              "placed it (the instance_group of its config)",
+                              hint="leave --device out for a triton:// model")
+        from edgeas.runtime.triton_backend import TritonBackend
+
+        return TritonBackend(path)
     path = Path(path)
     if device not in ("auto", "cpu", "gpu"):
         raise ConfigError(f"device '{device}' is not one of auto, cpu, gpu")

@@ -156,7 +156,7 @@ def run_bench(model: str | Path, frames: int = 100, batch: int = 1, video: str |
     }
 
 
-def bench_command(model: Path, frames: int, batch: int, json_out: Path | None,
+def bench_command(model: str | Path, frames: int, batch: int, json_out: Path | None,
                   video: str | None, frame_size: str | None, threshold: float | None,
                   device: str) -> dict[str, Any]:
     hw = parse_size(frame_size) if frame_size else None

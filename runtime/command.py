@@ -13,7 +13,7 @@ from rich.console import Console
 from edgeas.errors import ConfigError
 from edgeas.fileio import atomic_write_text
 from edgeas.postprocess import resolve
-from edgeas.runtime.backends import open_backend
+from edgeas.runtime.backends import REMOTE_SCHEMES, open_backend
 from edgeas.runtime.integrations import check_integrations
 from edgeas.runtime.pipeline import Pipeline, describe_summary
 from edgeas.runtime.sinks import build_sinks, describe_decisions
@@ -67,17 +67,23 @@ def run_stream(options: StreamOptions, device: str = "auto") -> dict[str, Any]:
         backend.close()
 
 
+def model_label(model: str) -> str:
+    """How the model is named on the page and in events: a file by its name, a served
+    model by its URL."""
+    return model if model.split("://", 1)[0].lower() in REMOTE_SCHEMES else Path(model).name
+
+
 def _run(backend, source, settings, options: StreamOptions) -> dict[str, Any]:
     sinks = build_sinks(options, source, console)
     try:
         pipeline = Pipeline(backend, source, settings, sinks, options.max_frames, options.batch,
-                            model_label=Path(options.model).name)
+                            model_label=model_label(options.model))
     except BaseException as exc:
         for sink in reversed(sinks):  # never opened: a running pipeline would close them
             sink.close(exc)
         raise
     console.print(
-        f"streaming {source.spec.uri} through {Path(options.model).name} "
+        f"streaming {source.spec.uri} through {model_label(options.model)} "
         f"({backend.name}, {backend.device}); threshold {settings.threshold:.5g} "
         f"({settings.threshold_origin}), min_area {settings.min_area}, "
         f"{settings.mode} aggregation"

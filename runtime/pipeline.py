@@ -41,7 +41,7 @@ import numpy as np
 from edgeas.aggregate import aggregate, clean_and_decide, image_score
 from edgeas.errors import ConfigError, DependencyError, EdgeasError, StreamError
 from edgeas.postprocess import Settings, smoothing_name
-from edgeas.runtime.backends import Backend
+from edgeas.runtime.backends import Backend, NoAnswer
 from edgeas.runtime.events import utc_now
 from edgeas.runtime.preprocess import Preprocessor
 from edgeas.runtime.render import boxes_to_frame, render
@@ -85,7 +85,7 @@ class Pipeline:
         self.rate = RollingRate()
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
-        self.ng = self.skipped = 0
+        self.ng = self.skipped = self.unanswered = 0
         self.last: dict[str, Any] = {}
         self._gpu_agg = self._gpu_aggregator()
 
@@ -160,7 +160,15 @@ class Pipeline:
                 if self.errors:
                     continue  # drain so that the reader is never blocked
                 t0 = time.perf_counter()
-                maps = self.backend.infer(item.data)
+                try:
+                    maps = self.backend.infer(item.data)
+                except NoAnswer as exc:
+                    # a remote model's server is away: these frames get no decision, the
+                    # stream goes on (the summary counts them)
+                    self.unanswered += len(item.frames)
+                    log.warning("frames %d-%d got no answer: %s", item.indices[0],
+                                item.indices[-1], exc.message)
+                    continue
                 per_frame = (time.perf_counter() - t0) / len(item.frames)
                 for _ in item.frames:
                     self.stats.add("infer", per_frame)
@@ -298,6 +306,7 @@ class Pipeline:
             "ng_frames": self.ng,
             "dropped": src.dropped,
             "skipped": self.skipped + src.skipped,
+            "unanswered": self.unanswered,
             "reconnects": src.reconnects,
             "fps": self.stats.fps(),
             "wall_s": wall,
@@ -352,6 +361,8 @@ def describe_summary(summary: dict[str, Any]) -> str:
         f"{fps:.1f} FPS" if fps else f"{summary['frames']} frames",
         format_stages(summary["stages"]),
     ]
+    if summary.get("unanswered"):
+        lines.append(f"{summary['unanswered']} frames got no answer from the model's server")
     if summary.get("stopped"):
         lines.append("stopped on request")
     return "\n".join(lines)

@@ -289,6 +289,57 @@ def test_near_blank_calibration_fails_the_gate_unless_allowed(trained, folders):
     assert "kept by --allow-drop" in allowed.stderr
 
 
+# --------------------------------------------------------------------------- mixed precision
+
+
+def test_auto_method_keep_float_and_mixed_precision_write_the_plan_everywhere(
+    trained, folders
+):
+    from edgeas.calibration import sensitivity as sv
+
+    block = "/predictor/transformer_block.0"
+    nodes = set(sv.quantizable_blocks(onnx.load(str(trained)))[block])
+    out = folders["root"] / "mixed" / "model.int8.onnx"
+    result = edgeas("calibrate", "--onnx", str(trained), "--images", str(folders["normal"]),
+                    "-o", str(out), "--eval-data", str(folders["eval"]), "--keep-float", block,
+                    "--mixed-precision", "--method", "auto")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.with_name("model.int8.json").read_text())
+    sens = json.loads(out.with_name("model.int8.sensitivity.json").read_text())
+    assert report["files"]["sensitivity"].endswith("model.int8.sensitivity.json")
+    assert sens["keep_float"] == [block] and sens["blocks"][block] == len(nodes)
+    # --method auto: every method scored per format, the least damaging one taken
+    assert report["ranges"]["method"] == "auto" and report["calibration"]["method"] == "auto"
+    for fmt, choice in report["method_choice"].items():
+        methods = {m: v for m, v in choice.items() if m != "chosen"}
+        assert set(methods) == {"entropy", "percentile", "minmax"}
+        assert choice["chosen"] == min(methods, key=lambda m: methods[m]["damage"])
+        assert report["ranges"]["per_format"][fmt] == choice["chosen"]
+        assert sens["formats"][fmt]["method"] == choice["chosen"]
+    for fmt, path in (("qdq", out), ("qoperator", out.with_name("model.int8.cpu.onnx"))):
+        entry = sens["formats"][fmt]
+        assert entry["all_int8"]["cosine_min"]["anomaly_map"] > 0.9
+        assert entry["targets"]["cosine_always"] is (fmt == "qdq")
+        model = onnx.load(str(path))
+        inits = {i.name for i in model.graph.initializer}
+        kept = [n for n in model.graph.node if n.name in nodes]
+        assert len(kept) == len(nodes)  # still float Conv/MatMul/Gemm, by their own names
+        assert all(n.op_type in qz.OP_TYPES for n in kept)
+        for n in kept:  # a weight is a float initializer, never a DequantizeLinear output
+            assert n.op_type != "Conv" or n.input[1] in inits, n.name
+        meta = read_onnx_metadata(path)["quantization"]
+        assert meta["float_nodes"] >= len(nodes) and meta["keep_float"] == [block]
+        assert meta["method"] == report["ranges"]["per_format"][fmt]
+        assert report["float"][fmt]["nodes"] >= len(nodes)
+    # the TensorRT 10 cache leaves out what feeds the float nodes: both routes agree
+    left_out = set(report["trt_cache"]["left_out_float"])
+    _, scales = calibcache.parse(out.with_name("model.int8.cache").read_text())
+    assert left_out and not left_out & set(scales)
+    bad = edgeas("calibrate", "--onnx", str(trained), "--images", str(folders["normal"]),
+                 "-o", str(out), "--keep-float", "/nowhere")
+    assert bad.returncode == 2 and "--keep-float /nowhere" in bad.stderr
+
+
 # --------------------------------------------------------------------------- input checks
 
 

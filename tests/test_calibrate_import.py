@@ -8,7 +8,8 @@ from blocked_python import run_without
 
 BLOCKED = ("torch", "torchvision", "tensorrt", "tensorrt_rtx", "pycuda", "onnxruntime", "onnx",
            "onnx_graphsurgeon")
-MODULES = ("command", "evalset", "gate", "images", "quantize", "ranges")
+MODULES = ("command", "evalset", "gate", "images", "mixed", "quantize", "ranges", "scoring",
+           "sensitivity")
 # the core modules calibration shares with export (and the runtime)
 SHARED = ("calibcache", "calibimages", "onnxio", "ort")
 

@@ -149,6 +149,14 @@ def test_stream_ready_for_an_onnx_model_from_a_file(tmp_path):
     assert "ready for stream" in done.stdout
 
 
+def test_stream_from_a_triton_server_needs_its_client_not_a_model_file(tmp_path):
+    config = station_file(tmp_path, "file:///x.mp4", "triton://10.0.0.5:8001/edgeas")
+    done = run_doctor("--json", "--for", "stream", "--config", str(config), block="torch")
+    missing = {m["what"] for m in json.loads(done.stdout)["check"]["missing"]}
+    assert not missing & {"the model file", "onnxruntime", "tensorrt"}
+    assert ("tritonclient" in missing) == (not has("tritonclient"))
+
+
 def test_stream_names_the_missing_model_and_camera_backend(tmp_path):
     config = station_file(tmp_path, "csi://0", tmp_path / "absent.engine")
     done = run_doctor("--json", "--for", "stream", "--config", str(config), block="torch")

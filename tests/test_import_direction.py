@@ -35,6 +35,8 @@ CORE_REACHES = {
     ("edgeas.cli", "edgeas.calibration.command"): "the CLI dispatches `edgeas calibrate`",
     ("edgeas.cli_stream", "edgeas.runtime.command"): "the CLI dispatches `edgeas stream`",
     ("edgeas.cli", "edgeas.runtime.bench"): "the CLI dispatches `edgeas bench`",
+    ("edgeas.cli_triton", "edgeas.runtime.triton_repo"):
+        "the CLI dispatches `edgeas export-triton`",
     ("edgeas.threshold_fit", "edgeas.runtime.backends"):
         "`edgeas threshold fit` runs an ONNX model or engine on the runtime's backends",
     ("edgeas.threshold_fit", "edgeas.train.checkpoint"):

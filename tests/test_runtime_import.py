@@ -11,11 +11,11 @@ from edgeas.errors import ArtifactError, DependencyError
 
 # the integrations' packages too: they are imported only when --mqtt/--metrics ask
 BLOCKED = ("torch", "torchvision", "tensorrt", "tensorrt_rtx", "pycuda", "cuda", "onnxruntime",
-           "paho", "prometheus_client")
+           "tritonclient", "paho", "prometheus_client")
 MODULES = ("backends", "bench", "command", "cuda_aggregate", "delivery", "events",
            "integrations", "metrics", "mqtt", "onng", "outbox", "pipeline", "preprocess",
            "render", "server", "sinks", "sources", "station", "stats", "tensorrt_backend",
-           "webhook")
+           "triton_backend", "triton_repo", "webhook")
 
 
 def test_every_runtime_module_imports_with_the_heavy_packages_blocked():
