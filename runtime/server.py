@@ -183,6 +183,11 @@ class LiveServer(Sink):
                 "recent": [dict(_public(rec), id=event_id(rec)) for rec in board],
                 "folders": [{"dir": str(s.folder), "budget_bytes": s.budget_bytes,
                              "used_bytes": s.used_bytes()} for s in stores],
+                # what MQTT and the webhook have yet to deliver (runtime/delivery.py)
+                "queues": [{"sink": q.sink, "dir": str(q.folder), "depth": q.depth(),
+                            "used_bytes": q.used_bytes(), "budget_bytes": q.budget_bytes,
+                            "delivered": q.delivered()}
+                           for q in (ctx.queues if ctx is not None else [])],
             },
         }
 

@@ -4,6 +4,7 @@ the queue and events disk use, model and threshold; 127.0.0.1 unless told."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.request
@@ -93,19 +94,30 @@ def test_metrics_are_scraped_while_the_station_runs(tmp_path):
         urllib.request.urlopen(url, timeout=1)
 
 
-def test_the_live_page_serves_metrics_too(tmp_path):
-    options = StreamOptions(serve="127.0.0.1:0")
+def test_the_live_page_serves_metrics_and_the_queues_too(tmp_path):
+    # a webhook to nobody: its queue shows on the page's status.json too
+    options = StreamOptions(serve="127.0.0.1:0", webhook=f"http://127.0.0.1:{free_port()}/x",
+                            queue_dir=str(tmp_path / "q"))
     source = PacedSource(40, period_s=0.03)
     sinks = build_sinks(options, source)
     live = next(s for s in sinks if s.name == "live")
     assert live.metrics is not None and live.metrics in sinks
     got: dict = {}
-    scraper = threading.Thread(target=lambda: got.update(_scrape_when(
-        f"{live.url}metrics", lambda s: _frames(s) >= 5)))
-    scraper.start()
+    status: dict = {}
+
+    def watch() -> None:  # while the run goes on: the metrics, then the status
+        got.update(_scrape_when(f"{live.url}metrics", lambda s: _frames(s) >= 10))
+        with urllib.request.urlopen(f"{live.url}status.json", timeout=5) as r:
+            status.update(json.loads(r.read()))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
     pipeline(source, sinks).run()
-    scraper.join()
-    assert _frames(got) >= 5
+    watcher.join()
+    assert _frames(got) >= 10
+    (queue,) = status["events"]["queues"]
+    assert queue["sink"] == "webhook" and queue["dir"] == str(tmp_path / "q" / "webhook")
+    assert queue["depth"] >= 1 and queue["delivered"] == 0 and queue["budget_bytes"] > 0
 
 
 def test_metrics_bind_127_0_0_1_unless_another_address_is_named(tmp_path):
