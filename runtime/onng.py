@@ -114,8 +114,8 @@ class OnNgSink(Sink):
         runner = self.runners.get(result.stream)
         if runner is None:
             runner = self.runners[result.stream] = _Runner(self, result.stream)
-        name = self.source_names[min(result.stream, len(self.source_names) - 1)] \
-            if self.source_names else ""
+        names = self.source_names or [""]
+        name = names[min(result.stream, len(names) - 1)]
         msg = event_message(result, self.station, name, self.files)
         env = {"EDGEAS_EVENT_ID": msg["id"], "EDGEAS_FRAME": str(msg["frame"]),
                "EDGEAS_SCORE": repr(msg["score"]), "EDGEAS_STATION": self.station}
