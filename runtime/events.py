@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from edgeas.errors import ConfigError, StreamError
-from edgeas.fileio import atomic_write_bytes, atomic_write_text
+from edgeas.fileio import atomic_write_bytes, atomic_write_text, writable_folder
 from edgeas.runtime.render import mask_to_frame
 from edgeas.runtime.sink import EventStore, FrameResult, Sink, SinkContext
 
@@ -59,6 +59,19 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
+def event_record(frame_index: int, source: str, score: float, threshold: float,
+                 regions: list[list[int]], when: str) -> dict[str, Any]:
+    """The one event record: a line of events.jsonl, and the body of what MQTT, the webhook
+    and --on-ng receive. Its file names are made of the frame number and the time only
+    (digits, `T`, `Z`, `_`), so no source name can lead them out of the events folder."""
+    stamp = when.replace(":", "").replace("-", "").replace("+0000", "Z")[:22]
+    stem = f"{int(frame_index):08d}_{stamp}"
+    return {"time": when, "frame": int(frame_index), "source": source,
+            "score": float(score), "threshold": float(threshold),
+            "regions": [[int(v) for v in r] for r in regions],
+            "image": f"{stem}.png", "mask": f"{stem}_mask.png"}
+
+
 class EventLog:
     """Synchronous writer of events into one folder, within `budget_mb`."""
 
@@ -66,15 +79,7 @@ class EventLog:
                  source: str = "") -> None:
         if not budget_mb or budget_mb <= 0:
             raise ConfigError(f"events budget_mb must be > 0, got {budget_mb}")
-        self.dir = Path(directory)
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StreamError(f"cannot create the events folder {self.dir}: {exc.strerror}",
-                              hint="choose a writable --events DIR") from exc
-        if not os.access(self.dir, os.W_OK):
-            raise StreamError(f"events folder {self.dir} is not writable",
-                              hint="fix its permissions or choose another --events DIR")
+        self.dir = writable_folder(directory, "events folder", "--events DIR")
         self.path = self.dir / LOG_NAME
         self.budget = int(budget_mb * 1024 * 1024)
         self.source = source
@@ -115,13 +120,8 @@ class EventLog:
         """Write one NG event; returns its JSON object, or None when the disk refused it.
         `source`: where this frame came from (an image file of a folder source), if not
         the log's own source."""
-        when = when or utc_now()
-        stamp = when.replace(":", "").replace("-", "").replace("+0000", "Z")[:22]
-        stem = f"{frame_index:08d}_{stamp}"
-        rec = {"time": when, "frame": int(frame_index), "source": source or self.source,
-               "score": float(score), "threshold": float(threshold),
-               "regions": [[int(v) for v in r] for r in regions],
-               "image": f"{stem}.png", "mask": f"{stem}_mask.png"}
+        rec = event_record(frame_index, source or self.source, score, threshold, regions,
+                           when or utc_now())
         # the decision's mask is at model size: saved at the frame's, so that it lines up
         # with the saved frame and the boxes (frame pixels), in render's pixel mapping
         shown = mask_to_frame(np.asarray(mask), frame.shape[:2])
@@ -218,11 +218,15 @@ class EventWriter(Sink):
 
     def on_event(self, result: FrameResult) -> None:
         self.submit(result.index, result.frame, result.mask, result.score, result.threshold,
-                    result.regions, result.source)
+                    result.regions, result.source, result.when or None)
 
     def submit(self, frame_index: int, frame: np.ndarray, mask: np.ndarray, score: float,
-               threshold: float, regions: list[list[int]], source: str | None = None) -> None:
-        self._queue.put((frame_index, frame, mask, score, threshold, regions, utc_now(), source))
+               threshold: float, regions: list[list[int]], source: str | None = None,
+               when: str | None = None) -> None:
+        """`when`: the decision's time (FrameResult.when), so that the file names and the
+        id match what the other sinks report; now when not given."""
+        self._queue.put((frame_index, frame, mask, score, threshold, regions,
+                         when or utc_now(), source))
 
     def _run(self) -> None:
         while True:

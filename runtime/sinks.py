@@ -21,6 +21,7 @@ import numpy as np
 from edgeas.errors import DependencyError, StreamError
 from edgeas.groundtruth import GroundTruth, find_ground_truth
 from edgeas.runtime.events import EventLog, EventWriter
+from edgeas.runtime.integrations import add_integration_sinks, page_metrics
 from edgeas.runtime.sink import FrameResult, Sink, SinkContext
 
 if TYPE_CHECKING:
@@ -204,7 +205,8 @@ def describe_decisions(d: dict[str, Any], skipped: int = 0) -> str:
 def build_sinks(options: StreamOptions, source: Source,
                 console: Console | None = None) -> list[Sink]:
     """The sinks the options ask for (station file or flags), in the order they are fed:
-    events, recording, window, live page, and the ground-truth check when the source
+    events, MQTT/webhook/--on-ng/metrics (runtime/integrations.py), recording, window,
+    live page, and the ground-truth check when the source
     has labels (`edgeas.groundtruth`). Each is checked as it is made (a bad video
     type, an unwritable events folder, no GUI, a port in use), before the stream starts;
     when one fails, the ones already made are closed. The caller hands them to a
@@ -214,6 +216,7 @@ def build_sinks(options: StreamOptions, source: Source,
         if options.events_dir is not None:
             log = EventLog(options.events_dir, options.events_budget_mb, source.spec.uri)
             sinks.append(EventWriter(log))
+        add_integration_sinks(options, sinks, console)
         if options.record is not None:
             sinks.append(Recorder(options.record, source.fps))
         if options.show:
@@ -223,6 +226,9 @@ def build_sinks(options: StreamOptions, source: Source,
 
             server = LiveServer(*parse_address(options.serve))
             sinks.append(server)
+            server.metrics = page_metrics(sinks)
+            if server.metrics is not None and server.metrics not in sinks:
+                sinks.append(server.metrics)
             if console is not None:
                 console.print(f"live view: {server.url}")
         truth = find_ground_truth(source.spec.kind, source.spec.target)
