@@ -3,11 +3,13 @@
 A station file holds what the command line would (interfaces.md): `model`, `source`,
 `threshold`, `min_area`, `aggregation`, `class` (the product inspected: the model's
 per-class threshold of that class), `serve`, `show`, `record` and
-`events: {dir, budget_mb}`. It loads through the core config loader
-(`edgeas.config.load_yaml_dataclass`): unknown keys are errors that name the key and
-the file, so a typo never silently runs a station with defaults. Relative paths in the file are
-relative to the file's own folder, so a station folder can be moved as a whole.
-Flags given on the command line override the file.
+`events: {dir, budget_mb}`, or instead of `source` a list `sources:` of
+`{name, uri, threshold, min_area, events}` (several cameras through one model,
+runtime/multi_source.py; each entry's settings override the station's). It loads
+through the core config loader (`edgeas.config.load_yaml_dataclass`): unknown keys are
+errors that name the key and the file, so a typo never silently runs a station with
+defaults. Relative paths in the file are relative to the file's own folder, so a
+station folder can be moved as a whole. Flags given on the command line override the file.
 """
 
 from __future__ import annotations
@@ -33,12 +35,35 @@ class EventsSection:
 
 
 @dataclass
+class SourceSection:
+    """One entry of `sources:` as written."""
+
+    uri: str | int | None = None  # required: checked by load_station (a one-line error)
+    name: str | None = None
+    threshold: float | None = None
+    min_area: int | None = None
+    events: str | int | None = None  # its events folder (default: EVENTS_DIR/NAME)
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    """One source of a several-source station; None: the station's setting."""
+
+    uri: str
+    name: str | None = None  # None: named after the file or the camera URI
+    threshold: float | None = None
+    min_area: int | None = None
+    events: str | None = None
+
+
+@dataclass
 class StationFile:
     """The keys of a station file as written (paths not yet resolved); ints are accepted
     where the file names something (a port `serve: 8080`, a folder `source: 7`)."""
 
     model: str | int | None = None
     source: str | int | None = None
+    sources: list[SourceSection] | None = None
     threshold: float | None = None
     min_area: int | None = None
     aggregation: str | None = None
@@ -55,6 +80,7 @@ class StreamOptions:
 
     model: str | None = None
     source: str | None = None  # a URI; the shorthand flags are turned into one by the CLI
+    sources: tuple[SourceEntry, ...] = ()  # several: each its own lane (replaces `source`)
     threshold: float | None = None  # None: the metadata's value
     min_area: int | None = None  # None: the metadata's value
     aggregation: str | None = None  # None: the metadata's mode
@@ -104,21 +130,30 @@ def load_station(path: str | Path) -> StreamOptions:
         raise ConfigError(f"{path}: aggregation '{data.aggregation}' is not one of "
                           f"{', '.join(MODES)}",
                           hint=f"did you mean '{close[0]}'?" if close else None)
-    if data.min_area is not None and data.min_area < 0:
-        raise ConfigError(f"{path}: 'min_area' must be >= 0, got {data.min_area!r}")
-    if data.threshold is not None and not (math.isfinite(data.threshold)
-                                           and data.threshold >= 0):
-        raise ConfigError(f"{path}: 'threshold' must be a finite number >= 0, got "
-                          f"{data.threshold!r}")
+    _check_ranges(path, "", data.threshold, data.min_area)
+    if data.sources is not None and data.source is not None:
+        raise ConfigError(f"{path}: both 'source' and 'sources' are set",
+                          hint="list every source under 'sources:'")
+    if data.sources is not None and not data.sources:
+        raise ConfigError(f"{path}: 'sources' is empty")
+    for i, entry in enumerate(data.sources or []):
+        if entry.uri is None or entry.uri == "":
+            raise ConfigError(f"{path}: sources[{i}] has no 'uri'",
+                              hint="e.g. - {name: left, uri: rtsp://cam-left/stream}")
+        _check_ranges(path, f"sources[{i}].", entry.threshold, entry.min_area)
     if events.budget_mb is not None and events.budget_mb <= 0:
         raise ConfigError(f"{path}: events.budget_mb must be > 0, got {events.budget_mb}")
     serve = data.serve
     if isinstance(serve, bool):  # `serve: true` serves on the default address
         serve = DEFAULT_SERVE if serve else None
     base = path.parent
+    entries = tuple(SourceEntry(str(_text(e.uri, base)), _text(e.name), e.threshold,
+                                e.min_area, _text(e.events, base))
+                    for e in data.sources or [])
     return StreamOptions(
         model=_text(data.model, base),
         source=_text(data.source, base),
+        sources=entries,
         threshold=data.threshold,
         min_area=data.min_area,
         aggregation=data.aggregation,
@@ -129,3 +164,12 @@ def load_station(path: str | Path) -> StreamOptions:
         events_dir=_text(events.dir, base),
         events_budget_mb=DEFAULT_BUDGET_MB if events.budget_mb is None else events.budget_mb,
     )
+
+
+def _check_ranges(path: Path, where: str, threshold: float | None,
+                  min_area: int | None) -> None:
+    if min_area is not None and min_area < 0:
+        raise ConfigError(f"{path}: '{where}min_area' must be >= 0, got {min_area!r}")
+    if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
+        raise ConfigError(f"{path}: '{where}threshold' must be a finite number >= 0, got "
+                          f"{threshold!r}")
