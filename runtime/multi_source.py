@@ -245,8 +245,8 @@ def _lane_sinks(k: int, name: str, spec: SourceSpec, events: str | None,
                 options: StreamOptions, console: Console | None) -> list[Sink]:
     sinks: list[Sink] = []
     if events is not None:
-        log_ = EventLog(events, options.events_budget_mb, spec.uri)
-        sinks.append(PerSource(EventWriter(log_), k, name))
+        written = EventLog(events, options.events_budget_mb, spec.uri)
+        sinks.append(PerSource(EventWriter(written), k, name))
     truth = find_ground_truth(spec.kind, spec.target)
     if truth is not None:
         sinks.append(PerSource(GroundTruthSink(truth), k, name))

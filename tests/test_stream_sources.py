@@ -195,3 +195,64 @@ def test_record_or_show_with_several_sources_is_refused(dynamic, clips, tmp_path
                                   SourceEntry(str(clips["b.mp4"].path))))
     with pytest.raises(ConfigError, match="--record and --show take one source"):
         run_stream(opts, device="cpu")
+
+
+def test_a_lost_camera_does_not_hold_back_a_file(dynamic, clips, alone):
+    """A camera that delivers a few frames and then cannot be reopened stays
+    `reconnecting`; the file beside it is decided to its end, every frame."""
+    import threading
+    import time
+
+    import cv2
+
+    from edgeas.postprocess import resolve
+    from edgeas.runtime.backends import open_backend
+    from edgeas.runtime.multi_source import MultiPipeline
+    from edgeas.runtime.pipeline import Lane
+    from edgeas.runtime.sink import Sink
+    from edgeas.runtime.sources import LiveSource, SourceSpec, open_source, parse_source
+
+    opened: list[int] = []
+
+    def opener(spec):
+        opened.append(1)
+        # the first time a real capture (the clip's frames, then its end: the camera
+        # "stops delivering"); afterwards nothing opens: the camera is gone
+        return cv2.VideoCapture(str(clips["c.mp4"].path) if len(opened) == 1 else "")
+
+    class Seen(Sink):
+        name = "seen"
+
+        def open(self, context):
+            self.names = [(s.name, s.live) for s in context.sources]
+            self.streams: set[int] = set()
+
+        def on_frame(self, result):
+            self.streams.add(result.stream)
+
+    backend = open_backend(dynamic, "cpu")
+    cam = LiveSource(SourceSpec("rtsp", "rtsp://cam/x", "rtsp://cam/x"), opener).open()
+    video = open_source(parse_source(str(clips["a.mp4"].path)))
+    seen = Seen()
+    try:
+        settings = resolve(backend.record, THRESHOLD, MIN_AREA)
+        pipe = MultiPipeline(backend, [Lane(cam, settings, "cam"), Lane(video, settings, "a")],
+                             settings, [seen], model_label="m")
+
+        def stop_when_the_file_ends() -> None:
+            deadline = time.monotonic() + 60
+            while not video.ended and time.monotonic() < deadline:
+                time.sleep(0.05)
+            pipe.stop.set()  # a station with a camera runs until asked to stop
+
+        threading.Thread(target=stop_when_the_file_ends, daemon=True).start()
+        summary = pipe.run()
+    finally:
+        cam.close()
+        video.close()
+        backend.close()
+    camera, a = summary["sources"]
+    assert (a["frames"], a["ng_frames"]) == (12, alone["a.mp4"][1]["ng_frames"])
+    assert a["state"] == "ended" and camera["state"] in ("reconnecting", "closed")
+    assert len(opened) >= 2  # it tried to reconnect while the file went on
+    assert seen.names == [("cam", True), ("a", False)] and 1 in seen.streams
