@@ -91,6 +91,28 @@ def test_sources_batched_decide_as_each_alone(dynamic, clips, alone, names, tmp_
     assert len(sizes) == max(len(PATTERNS[n]) for n in names)
 
 
+def test_a_fixed_batch_takes_its_size_in_turn(tmp_path_factory, clips, alone, tmp_path,
+                                              monkeypatch):
+    """A model exported with --batch 2 and three sources: calls of two frames (the
+    backend pads a lone one), each round starting one source further on."""
+    root = trained_model_path(tmp_path_factory).parent
+    fixed = root / "model_batch2.onnx"
+    if not fixed.is_file():
+        edgeas("export", "--checkpoint", str(root / "run" / "last.pt"), "-o", str(fixed),
+               "--batch", "2")
+    sizes = _batch_sizes(monkeypatch)
+    names = ("a.mp4", "b.mp4", "c.mp4")
+    opts = StreamOptions(model=str(fixed), threshold=THRESHOLD, min_area=MIN_AREA,
+                         events_dir=str(tmp_path),
+                         sources=tuple(SourceEntry(str(clips[n].path)) for n in names))
+    summary = run_stream(opts, device="cpu")
+    assert summary["backend"]["batch"] == 2 and max(sizes) == 2
+    for name, lane in zip(names, summary["sources"]):
+        _same_events([(e["frame"], e["regions"]) for e in read_events(tmp_path / name)],
+                     alone[name][0])
+        assert lane["frames"] == len(PATTERNS[name])
+
+
 def test_a_short_and_a_broken_source_do_not_stop_the_others(tmp_path_factory, clips, alone,
                                                             tmp_path, monkeypatch):
     """A batch-1 model takes the sources one after another; b ends first, a folder source
