@@ -76,7 +76,6 @@ class Lane:
     skipped: int = 0
     unanswered: int = 0
     failed: str | None = None  # why the source was given up, when it was
-    last: dict[str, Any] = field(default_factory=dict)
 
 
 class Pipeline:
@@ -277,7 +276,6 @@ class Pipeline:
             self.rate.tick(done)
         # the status after the sinks: end-to-end latency and the rate with this frame in it
         self.last = dict(result.status(), latency_ms=latency * 1e3, fps=lane.rate.rate())
-        lane.last = self.last
         return keep
 
     def station(self) -> dict[str, Any]:
