@@ -63,7 +63,7 @@ class EventLog:
     """Synchronous writer of events into one folder, within `budget_mb`."""
 
     def __init__(self, directory: str | Path, budget_mb: float = DEFAULT_BUDGET_MB,
-                 source: str = "") -> None:
+                 source: str = "", prefix: str = "") -> None:
         if not budget_mb or budget_mb <= 0:
             raise ConfigError(f"events budget_mb must be > 0, got {budget_mb}")
         self.dir = Path(directory)
@@ -78,6 +78,9 @@ class EventLog:
         self.path = self.dir / LOG_NAME
         self.budget = int(budget_mb * 1024 * 1024)
         self.source = source
+        # starts every file name, so that the events of several sources of one station
+        # (same frame number, same millisecond) never share an id on the live page
+        self.prefix = prefix
         self.written = self.deleted = self.failed = 0
         self._warned_small = False
         self._events: deque[_Stored] = deque(self._load())
@@ -117,7 +120,7 @@ class EventLog:
         the log's own source."""
         when = when or utc_now()
         stamp = when.replace(":", "").replace("-", "").replace("+0000", "Z")[:22]
-        stem = f"{frame_index:08d}_{stamp}"
+        stem = f"{self.prefix}{frame_index:08d}_{stamp}"
         rec = {"time": when, "frame": int(frame_index), "source": source or self.source,
                "score": float(score), "threshold": float(threshold),
                "regions": [[int(v) for v in r] for r in regions],

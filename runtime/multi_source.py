@@ -16,7 +16,8 @@ holds back the others' batches. A source that raises is given up with an error i
 log and the summary; the others go on, and the run fails only when every source did.
 
 The events writer and the ground-truth check are per source (`PerSource` hands each
-only its lane's frames); the live page is one sink that shows a tile per source
+only its lane's frames; event files start with the source's name, so that event ids
+stay unique on the live page); the live page is one sink that shows a tile per source
 (FrameResult.stream). A recording or a window would interleave the cameras into one
 picture stream, so they are refused with several sources.
 """
@@ -245,7 +246,8 @@ def _lane_sinks(k: int, name: str, spec: SourceSpec, events: str | None,
                 options: StreamOptions, console: Console | None) -> list[Sink]:
     sinks: list[Sink] = []
     if events is not None:
-        written = EventLog(events, options.events_budget_mb, spec.uri)
+        written = EventLog(events, options.events_budget_mb, spec.uri,
+                           prefix=f"{folder_name(name)}-")
         sinks.append(PerSource(EventWriter(written), k, name))
     truth = find_ground_truth(spec.kind, spec.target)
     if truth is not None:
@@ -263,6 +265,11 @@ def run_sources(backend: Backend, options: StreamOptions, model_label: str,
         raise ConfigError("--record and --show take one source: several would interleave "
                           "into one picture stream",
                           hint="use --serve for a page with a tile per source")
+    if options.batch != 1:
+        raise ConfigError(f"--batch {options.batch} batches the frames of one source; with "
+                          "several, a call takes one frame of each up to the model's batch",
+                          hint="leave --batch out (export with --dynamic-batch to batch "
+                          "every source)")
     planned = plan_sources(options)
     station = resolve(backend.record, options.threshold, options.min_area,
                       options.aggregation, options.model or "", cls=options.cls)

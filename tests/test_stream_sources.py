@@ -85,6 +85,8 @@ def test_sources_batched_decide_as_each_alone(dynamic, clips, alone, names, tmp_
         assert lane["frames"] == len(PATTERNS[name]) == single["frames"]
         assert lane["ng_frames"] == single["ng_frames"] == PATTERNS[name].count("X")
         assert lane["events"]["written"] == len(events) and lane["failed"] is None
+        # the same frame number of two sources must not give one event id on the page
+        assert all(e["image"].startswith(f"{name}-") for e in read_events(tmp_path / name))
     assert summary["frames"] == sum(len(PATTERNS[n]) for n in names)
     # one call per round while every clip still has frames: the whole station at once
     assert max(sizes) == len(names) and sum(sizes) == summary["frames"]
@@ -211,11 +213,15 @@ def test_bad_sources_in_the_station_file(tmp_path, text, message):
         load_station(station)
 
 
-def test_record_or_show_with_several_sources_is_refused(dynamic, clips, tmp_path):
-    opts = StreamOptions(model=dynamic, record=str(tmp_path / "out.mp4"),
+@pytest.mark.parametrize("option, message", [
+    ({"record": "out.mp4"}, "--record and --show take one source"),
+    ({"batch": 4}, "--batch 4 batches the frames of one source"),
+])
+def test_one_source_options_with_several_are_refused(dynamic, clips, option, message):
+    opts = StreamOptions(model=dynamic, **option,
                          sources=(SourceEntry(str(clips["a.mp4"].path)),
                                   SourceEntry(str(clips["b.mp4"].path))))
-    with pytest.raises(ConfigError, match="--record and --show take one source"):
+    with pytest.raises(ConfigError, match=message):
         run_stream(opts, device="cpu")
 
 
