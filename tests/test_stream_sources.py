@@ -284,3 +284,58 @@ def test_a_lost_camera_does_not_hold_back_a_file(dynamic, clips, alone):
     assert a["state"] == "ended" and camera["state"] in ("reconnecting", "closed")
     assert len(opened) >= 2  # it tried to reconnect while the file went on
     assert seen.names == [("cam", True), ("a", False)] and 1 in seen.streams
+
+
+def test_the_live_page_has_a_tile_per_source_and_names_their_events(tmp_path_factory,
+                                                                    dynamic, tmp_path):
+    """Two clips to one LiveServer, read in headless Chromium: two tiles with their names
+    and per-source settings, and the NG thumbnails say whose they are."""
+    import threading
+
+    from headless_chromium import Chromium
+
+    from edgeas.postprocess import resolve
+    from edgeas.runtime.backends import open_backend
+    from edgeas.runtime.events import EventLog, EventWriter
+    from edgeas.runtime.multi_source import MultiPipeline, PerSource
+    from edgeas.runtime.pipeline import Lane
+    from edgeas.runtime.server import LiveServer
+    from edgeas.runtime.sources import open_source, parse_source
+
+    root = tmp_path_factory.mktemp("live_sources")
+    long_clips = [make_clip(root / f"{n}.mp4", PATTERNS[f"{n}.mp4"], repeat=60) for n in "ab"]
+    backend = open_backend(dynamic, "cpu")
+    sources = [open_source(parse_source(str(c.path))) for c in long_clips]
+    server = LiveServer("127.0.0.1", 0)
+    lanes = [Lane(src, resolve(backend.record, t, MIN_AREA), name)
+             for src, t, name in zip(sources, (THRESHOLD, 0.75), ("left", "right"))]
+    writers = [PerSource(EventWriter(EventLog(tmp_path / n, 50, s.spec.uri, prefix=f"{n}-")),
+                         k, n) for k, (n, s) in enumerate(zip(("left", "right"), sources))]
+    pipe = MultiPipeline(backend, lanes, lanes[0].settings, [*writers, server],
+                         model_label="model.onnx")
+    runner = threading.Thread(target=pipe.run, daemon=True)
+    runner.start()
+    try:
+        with Chromium(tmp_path / "profile") as page:
+            page.open(server.url)
+            tiles = page.wait_for("""(() => {
+              const n = (i) => (document.getElementById(`s${i}-name`) || {}).textContent;
+              const img = document.getElementById("s1-view");
+              return n(0) && n(1) && img && img.naturalWidth ? [n(0), n(1)] : null;
+            })()""")
+            settings = page.wait_for("""(() => {
+              const t = document.getElementById("set-sources").textContent;
+              return t.includes("right") ? t : null; })()""")
+            captions = page.wait_for("""(() => {
+              const t = [...document.querySelectorAll("#events a")].map((a) => a.title);
+              return t.some((x) => x.startsWith("left ")) &&
+                     t.some((x) => x.startsWith("right ")) ? t : null; })()""")
+    finally:
+        pipe.stop.set()
+        runner.join(timeout=30)
+        for src in sources:
+            src.close()
+        backend.close()
+    assert tiles == ["left", "right"]
+    assert "threshold 0.7500" in settings and "min_area 20" in settings
+    assert all(c.split(" ")[0] in ("left", "right") for c in captions)
