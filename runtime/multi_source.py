@@ -129,6 +129,7 @@ class MultiPipeline(Pipeline):
                          model_label=model_label)
         self.lanes = lanes
         self.latency = [Ring() for _ in lanes]
+        self.failed_at = [0.0 for _ in lanes]  # time.time() when a lane was given up
         # a dynamic batch takes one frame of every source; a fixed one its own size
         self.cap = backend.batch or len(lanes)
 
@@ -170,7 +171,7 @@ class MultiPipeline(Pipeline):
         try:
             frame = src.read(timeout=0.0 if src.live else 0.5)
         except Exception as exc:  # one broken source is given up; the others go on
-            lane.failed = str(exc) or type(exc).__name__
+            lane.failed, self.failed_at[k] = str(exc) or type(exc).__name__, time.time()
             log.error("source %s failed and is given up: %s", lane.name, lane.failed)
             return
         t1 = time.perf_counter()
@@ -197,12 +198,18 @@ class MultiPipeline(Pipeline):
     def _context(self) -> SinkContext:
         infos = tuple(SourceInfo(lane.name, redact(lane.source.spec.uri),
                                  lane.source.spec.kind, lane.source.live, lane.source.fps,
-                                 lane.source.condition, lane.settings.threshold,
-                                 lane.settings.min_area) for lane in self.lanes)
+                                 self._condition(k), lane.settings.threshold,
+                                 lane.settings.min_area) for k, lane in enumerate(self.lanes))
         first = self.lanes[0].source
         return SinkContext(first.spec.uri, any(i.live for i in infos), first.fps,
                            self.model_label, self.settings.threshold,
                            station=self.station(), sources=infos)
+
+    def _condition(self, k: int):
+        """What the page shows of lane `k`: its source's state, or `failed` once given up
+        (the source itself would still say `reading`)."""
+        lane = self.lanes[k]
+        return lambda: ("failed", self.failed_at[k]) if lane.failed else lane.source.condition()
 
     def _one(self, frame: np.ndarray, maps: list[np.ndarray], item: _Batch, j: int) -> bool:
         keep = super()._one(frame, maps, item, j)
@@ -234,7 +241,7 @@ class MultiPipeline(Pipeline):
                "dropped": src.dropped, "skipped": lane.skipped + src.skipped,
                "unanswered": lane.unanswered, "reconnects": src.reconnects,
                "threshold": s.threshold, "threshold_origin": s.threshold_origin,
-               "min_area": s.min_area, "state": src.condition()[0], "failed": lane.failed,
+               "min_area": s.min_area, "state": self._condition(k)()[0], "failed": lane.failed,
                "latency": self.latency[k].percentiles()}
         for sink in self.sinks.sinks:
             if isinstance(sink, PerSource) and sink.stream == k:

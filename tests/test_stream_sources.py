@@ -148,7 +148,7 @@ def test_a_short_and_a_broken_source_do_not_stop_the_others(tmp_path_factory, cl
                  alone["a.mp4"][0])
     assert (a["frames"], b["frames"], shelf["frames"]) == (12, 6, 2)
     assert a["failed"] is None and b["failed"] is None and b["state"] == "ended"
-    assert shelf["failed"] == "the share went away"
+    assert shelf["failed"] == "the share went away" and shelf["state"] == "failed"
     assert set(sizes) == {1}
 
 
