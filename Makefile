@@ -4,11 +4,12 @@ DEMO ?= demo
 DEMO_SERVE ?= 127.0.0.1:8080
 
 # Debian packages the tests use: shell/unit linters, a browser for the live page, an
-# RTSP server (GStreamer through Debian's own python3) and ffprobe. Installed only when
+# RTSP server (GStreamer through Debian's own python3), ffprobe, an MQTT broker
+# (mosquitto) and openssl (a throw-away CA for its TLS test). Installed only when
 # running as root with apt (CI); elsewhere the tests that need them skip with a reason.
 APT_PACKAGES = shellcheck systemd chromium ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly \
-	fonts-dejavu-core
+	fonts-dejavu-core mosquitto openssl
 
 # The exact versions the tests passed with (`make lock` writes it): what `make install`,
 # hence `make demo`, `make test` and CI, installs. pyproject.toml keeps ranges.

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from edgeas.cli_errors import Root, report_click_error
+from edgeas.cli_stream import stream
 from edgeas.cli_threshold import threshold_app
 from edgeas.cli_triton import export_triton
 
@@ -316,66 +317,7 @@ def doctor(
     raise typer.Exit(doctor_command(for_, as_json, config, events_dir))
 
 
-@app.command()
-def stream(
-    source: list[str] | None = typer.Argument(
-        None, help="v4l2:///dev/video0, csi://0, rtsp://host/path, file://clip.mp4 or a folder; "
-        "several: one batched station.", show_default=False,
-    ),
-    model: str | None = typer.Option(
-        None, "--model", "-m", help="MODEL.onnx, MODEL.engine or triton://HOST:PORT/NAME."
-    ),
-    config: Path | None = typer.Option(None, "--config", help="Station file (station.yaml)."),
-    camera: int | None = typer.Option(None, "--camera", help="USB/V4L2 camera N."),
-    video: str | None = typer.Option(None, "--video", help="Video file (no frame dropped)."),
-    rtsp: str | None = typer.Option(None, "--rtsp", help="RTSP URL."),
-    csi: int | None = typer.Option(None, "--csi", help="Jetson CSI camera N (GStreamer)."),
-    images: str | None = typer.Option(None, "--images", help="Folder of images."),
-    threshold: float | None = typer.Option(
-        None, help="Decision threshold (default: the model's fitted one)."
-    ),
-    min_area: int | None = typer.Option(
-        None, "--min-area", help="Smallest NG region in model pixels (default: the model's)."
-    ),
-    aggregation: str | None = typer.Option(
-        None, help="fused | reference (default: the model's metadata)."
-    ),
-    cls: str | None = typer.Option(
-        None, "--class", help="The product inspected: its per-class threshold (default: all)."
-    ),
-    serve: str | None = typer.Option(
-        None, help="Live page at HOST:PORT (a bare PORT binds 127.0.0.1)."
-    ),
-    show: bool = typer.Option(False, "--show", help="OpenCV window (GUI builds only)."),
-    record: str | None = typer.Option(None, "--record", help="Write the annotated video here."),
-    events: str | None = typer.Option(None, "--events", help="Folder for NG events."),
-    events_budget_mb: float | None = typer.Option(
-        None, "--events-budget-mb", help="Disk budget of the events folder (default 1024)."
-    ),
-    max_frames: int | None = typer.Option(None, "--max-frames", help="Stop after N frames."),
-    batch: int | None = typer.Option(None, help="Frames per inference (file sources)."),
-    device: str = typer.Option("auto", help="auto | cpu | gpu."),
-    summary_json: Path | None = typer.Option(
-        None, "--summary-json", help="Also write the end-of-run summary as JSON."
-    ),
-) -> None:
-    """Run the inspection station: frames -> model -> OK/NG, events, live page, recording.
-
-    With ground truth (a synth-clip's CLIP.json, a CLASS/test/KIND folder) the calls are scored.
-    """
-    from edgeas.runtime.command import stream_command
-
-    several = source is not None and len(source) > 1
-    flags = {
-        "source": source[0] if source and not several else None,
-        "sources": tuple(source) if several else None, "model": model, "camera": camera,
-        "video": video, "rtsp": rtsp, "csi": csi, "images": images, "threshold": threshold,
-        "min_area": min_area,
-        "aggregation": aggregation, "serve": serve, "show": show or None, "record": record,
-        "events_dir": events, "events_budget_mb": events_budget_mb, "max_frames": max_frames,
-        "batch": batch, "cls": cls,
-    }
-    stream_command(config, flags, summary_json, device)
+app.command()(stream)  # edgeas/cli_stream.py: its many options live there
 
 
 @app.command()

@@ -37,6 +37,7 @@ def _installs(jetson: bool) -> dict[str, str]:
         "model": "build it on this device: edgeas build-engine --onnx model.onnx -o MODEL",
         "disk": "free disk space, or point events.dir at a writable disk",
         "rights": "add the user to the video group (sudo usermod -aG video USER), log in again",
+        "runtime": "pip install 'edgeas[runtime]'",
     }
     if jetson:
         return base | {
@@ -119,6 +120,11 @@ def _stream_needs(report: Info, station: Info, need: Callable[..., None]) -> Non
         need("onnxruntime", f"{model} runs on ONNX Runtime", "onnxruntime")
     if model and not Path(model).is_file():
         need("the model file", f"{model} does not exist", "model", model)
+    # what the station file sends off the box (interfaces.md "station integration")
+    if (station.get("mqtt") or {}).get("url") and not _has("paho"):
+        need("paho-mqtt", "the station file's mqtt: publishes through it", "runtime")
+    if station.get("metrics") and not _has("prometheus_client"):
+        need("prometheus-client", "the station file's metrics: serves through it", "runtime")
     source, cv = str(station.get("source") or ""), report["opencv"]
     wants = {"csi": ("GStreamer",), "rtsp": ("GStreamer", "FFmpeg"), "v4l2": ("V4L2", "GStreamer")}
     backends = wants.get(source.split("://")[0], ()) if "://" in source else ()

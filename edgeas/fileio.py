@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from edgeas.errors import StreamError
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
@@ -36,3 +38,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_open(path, "w") as handle:
         handle.write(text)
+
+
+def writable_folder(path: str | os.PathLike, what: str, flag: str) -> Path:
+    """Create the folder a station writes into, or a StreamError that names it and the
+    option (`flag`) that chooses another: `what` is "events folder", "queue folder"..."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StreamError(f"cannot create the {what} {folder}: {exc.strerror}",
+                          hint=f"choose a writable {flag}") from exc
+    if not os.access(folder, os.W_OK):
+        raise StreamError(f"{what} {folder} is not writable",
+                          hint=f"fix its permissions or choose another {flag}")
+    return folder

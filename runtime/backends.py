@@ -140,6 +140,10 @@ class OnnxRuntimeBackend(Backend):
         self.device = "cuda" if active[0] != "CPUExecutionProvider" else "cpu"
         self.name = f"onnxruntime {ort.__version__} ({active[0]})"
         self.precision = self.record.precision
+        self.session_settings = ort_session_settings(self.session)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "session": self.session_settings}
 
     def _check_io(self) -> None:
         inputs = self.session.get_inputs()
@@ -168,6 +172,22 @@ class OnnxRuntimeBackend(Backend):
         outs = self.session.run(self.output_names, {self.input_name: batch})
         return [squeeze_level(o, name, str(self.path))[:n]
                 for o, name in zip(outs, self.output_names)]
+
+
+def ort_session_settings(session) -> dict[str, Any]:
+    """What an ONNX Runtime session runs with: providers, graph optimisation level, thread
+    counts (0 means ONNX Runtime's own choice: one intra-op thread per physical core) and
+    execution mode, so that a timing says what it timed."""
+    options = session.get_session_options()
+    level = str(options.graph_optimization_level).rsplit(".", 1)[-1]
+    return {
+        "providers": list(session.get_providers()),
+        "graph_optimization": level.removeprefix("ORT_").lower(),
+        "intra_op_threads": int(options.intra_op_num_threads),
+        "inter_op_threads": int(options.inter_op_num_threads),
+        "execution_mode": str(options.execution_mode).rsplit(".", 1)[-1]
+        .removeprefix("ORT_").lower(),
+    }
 
 
 def open_backend(path: str | Path, device: str = "auto") -> Backend:

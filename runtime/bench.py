@@ -165,6 +165,8 @@ def bench_command(model: str | Path, frames: int, batch: int, json_out: Path | N
     lat = only["latency_per_batch"]
     console.print(f"{result['backend']} on {result['device']}, {result['precision']}, input "
                   f"{result['input_size'][0]}x{result['input_size'][1]}, batch {batch}")
+    if "session" in result:
+        console.print(f"ONNX Runtime session: {session_line(result['session'])}")
     console.print(f"backend only: {only['fps']:.1f} FPS, per batch p50 {lat['p50_ms']:.1f} ms, "
                   f"p99 {lat['p99_ms']:.1f} ms")
     console.print(f"pipeline:     {pipe['fps']:.1f} FPS ({pipe['source']}); "
@@ -175,3 +177,15 @@ def bench_command(model: str | Path, frames: int, batch: int, json_out: Path | N
         atomic_write_text(json_out, json.dumps(result, indent=2) + "\n")
         console.print(f"wrote {json_out}")
     return result
+
+
+def session_line(session: dict[str, Any]) -> str:
+    """'providers CPUExecutionProvider; graph optimisation enable_all; threads intra-op 2,
+    inter-op ORT default; sequential' (0 threads: ONNX Runtime's own choice)."""
+    def threads(n: int) -> str:
+        return str(n) if n else "ORT default"
+
+    return (f"providers {', '.join(session['providers'])}; graph optimisation "
+            f"{session['graph_optimization']}; threads intra-op "
+            f"{threads(session['intra_op_threads'])}, inter-op "
+            f"{threads(session['inter_op_threads'])}; {session['execution_mode']}")

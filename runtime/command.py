@@ -15,6 +15,7 @@ from edgeas.errors import ConfigError
 from edgeas.fileio import atomic_write_text
 from edgeas.postprocess import resolve
 from edgeas.runtime.backends import REMOTE_SCHEMES, open_backend
+from edgeas.runtime.integrations import check_integrations
 from edgeas.runtime.multi_source import describe_sources, run_sources
 from edgeas.runtime.pipeline import Pipeline, describe_summary
 from edgeas.runtime.sinks import build_sinks, describe_decisions
@@ -51,6 +52,7 @@ def build_options(config: Path | None, flags: dict[str, Any]) -> StreamOptions:
                           sources=tuple(SourceEntry(parse_source(u).uri) for u in several))
     elif flags.get("source") is not None:
         options = replace(options, sources=())
+    check_integrations(options)
     if options.model is None:
         raise ConfigError("no model: pass --model MODEL.onnx|MODEL.engine or set `model:` in "
                           "the station file", hint="edgeas export writes an ONNX model")
@@ -114,6 +116,19 @@ def print_summary(summary: dict[str, Any]) -> None:
         console.print(f"events: {ev['written']} written to {ev['dir']}/events.jsonl"
                       + (f", {ev['deleted']} oldest deleted (budget)" if ev["deleted"] else "")
                       + (f", {ev['failed']} FAILED" if ev["failed"] else ""))
+    for name in ("mqtt", "webhook"):
+        if name in summary:
+            q = summary[name]
+            console.print(f"{name}: {q['delivered']} of {q['queued']} events delivered"
+                          + (f" (+{q['carried']} from an earlier run)" if q["carried"] else "")
+                          + (f", {q['pending']} waiting in {q['queue']}" if q["pending"] else "")
+                          + (f", {q['rejected']} rejected" if q["rejected"] else "")
+                          + (f", {q['dropped']} DROPPED (queue budget)" if q["dropped"] else "")
+                          + (f", {q['lost']} LOST (disk error)" if q["lost"] else ""))
+    if "on_ng" in summary:
+        c = summary["on_ng"]
+        console.print(f"on NG: {c['ok']} of {c['ran']} runs ok, {c['failed']} failed, "
+                      f"{c['timed_out']} timed out, {c['busy']} NG frames while busy")
     if "recording" in summary:
         rec = summary["recording"]
         console.print(f"recording: {rec['path']} ({rec['frames']} frames)")

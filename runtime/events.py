@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ import cv2
 import numpy as np
 
 from edgeas.errors import ConfigError, StreamError
-from edgeas.fileio import atomic_write_bytes, atomic_write_text
+from edgeas.fileio import atomic_write_bytes, atomic_write_text, writable_folder
 from edgeas.runtime.render import mask_to_frame
 from edgeas.runtime.sink import EventStore, FrameResult, Sink, SinkContext
 
@@ -59,6 +60,33 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
+_SAFE_PREFIX = re.compile(r"(?:[A-Za-z0-9_-][A-Za-z0-9._-]*)?")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def source_prefix(name: str) -> str:
+    """How the event files of one source of a several-source station begin (its name in
+    file-name characters): the events writer and the messages sent off the box agree."""
+    return (_UNSAFE.sub("_", name).strip("._") or "source") + "-"
+
+
+def event_record(frame_index: int, source: str, score: float, threshold: float,
+                 regions: list[list[int]], when: str, prefix: str = "") -> dict[str, Any]:
+    """The one event record: a line of events.jsonl, and the body of what MQTT, the webhook
+    and --on-ng receive. Its file names are made of the frame number and the time only
+    (digits, `T`, `Z`, `_`), so no source name can lead them out of the events folder;
+    `prefix` (a station with several sources: the source's name, so that two sources'
+    events never share an id) may hold only letters, digits, `.`, `_` and `-`."""
+    if not _SAFE_PREFIX.fullmatch(prefix):
+        raise ValueError(f"event file prefix {prefix!r} has characters a file name must not")
+    stamp = when.replace(":", "").replace("-", "").replace("+0000", "Z")[:22]
+    stem = f"{prefix}{int(frame_index):08d}_{stamp}"
+    return {"time": when, "frame": int(frame_index), "source": source,
+            "score": float(score), "threshold": float(threshold),
+            "regions": [[int(v) for v in r] for r in regions],
+            "image": f"{stem}.png", "mask": f"{stem}_mask.png"}
+
+
 class EventLog:
     """Synchronous writer of events into one folder, within `budget_mb`."""
 
@@ -66,15 +94,7 @@ class EventLog:
                  source: str = "", prefix: str = "") -> None:
         if not budget_mb or budget_mb <= 0:
             raise ConfigError(f"events budget_mb must be > 0, got {budget_mb}")
-        self.dir = Path(directory)
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StreamError(f"cannot create the events folder {self.dir}: {exc.strerror}",
-                              hint="choose a writable --events DIR") from exc
-        if not os.access(self.dir, os.W_OK):
-            raise StreamError(f"events folder {self.dir} is not writable",
-                              hint="fix its permissions or choose another --events DIR")
+        self.dir = writable_folder(directory, "events folder", "--events DIR")
         self.path = self.dir / LOG_NAME
         self.budget = int(budget_mb * 1024 * 1024)
         self.source = source
@@ -118,13 +138,8 @@ class EventLog:
         """Write one NG event; returns its JSON object, or None when the disk refused it.
         `source`: where this frame came from (an image file of a folder source), if not
         the log's own source."""
-        when = when or utc_now()
-        stamp = when.replace(":", "").replace("-", "").replace("+0000", "Z")[:22]
-        stem = f"{self.prefix}{frame_index:08d}_{stamp}"
-        rec = {"time": when, "frame": int(frame_index), "source": source or self.source,
-               "score": float(score), "threshold": float(threshold),
-               "regions": [[int(v) for v in r] for r in regions],
-               "image": f"{stem}.png", "mask": f"{stem}_mask.png"}
+        rec = event_record(frame_index, source or self.source, score, threshold, regions,
+                           when or utc_now(), self.prefix)
         # the decision's mask is at model size: saved at the frame's, so that it lines up
         # with the saved frame and the boxes (frame pixels), in render's pixel mapping
         shown = mask_to_frame(np.asarray(mask), frame.shape[:2])
@@ -221,11 +236,15 @@ class EventWriter(Sink):
 
     def on_event(self, result: FrameResult) -> None:
         self.submit(result.index, result.frame, result.mask, result.score, result.threshold,
-                    result.regions, result.source)
+                    result.regions, result.source, result.when or None)
 
     def submit(self, frame_index: int, frame: np.ndarray, mask: np.ndarray, score: float,
-               threshold: float, regions: list[list[int]], source: str | None = None) -> None:
-        self._queue.put((frame_index, frame, mask, score, threshold, regions, utc_now(), source))
+               threshold: float, regions: list[list[int]], source: str | None = None,
+               when: str | None = None) -> None:
+        """`when`: the decision's time (FrameResult.when), so that the file names and the
+        id match what the other sinks report; now when not given."""
+        self._queue.put((frame_index, frame, mask, score, threshold, regions,
+                         when or utc_now(), source))
 
     def _run(self) -> None:
         while True:

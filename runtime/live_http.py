@@ -2,6 +2,7 @@
 
     /                           the page (runtime/static/live.html)
     /status.json                the station: settings, sources, metrics, recent events
+    /metrics                    Prometheus metrics (runtime/metrics.py), when installed
     /source/N/frame.jpg         the newest picture of source N; `?after=SEQ` waits (up to
                                 LONG_POLL_S) for another one, else 204
     /source/N/stream.mjpg       source N as MJPEG (multipart/x-mixed-replace)
@@ -25,13 +26,15 @@ import threading
 import time
 from collections.abc import Sequence
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import cv2
 import numpy as np
+
+from edgeas.errors import StreamError
 
 if TYPE_CHECKING:
     from edgeas.runtime.server import LiveServer
@@ -45,6 +48,21 @@ LONG_POLL_S = 2.0  # how long a page's request for another picture may wait
 _SOURCE_PATH = re.compile(r"/source/(\d{1,4})/(frame\.jpg|stream\.mjpg)")
 # an id is matched, then looked up among the known events: never used as a path
 _EVENT_PATH = re.compile(r"/events/([0-9A-Za-z_.]{1,80})/(thumb|image)\.jpg")
+
+
+def start_http(host: str, port: int, handler: type[BaseHTTPRequestHandler], flag: str,
+               name: str) -> tuple[ThreadingHTTPServer, threading.Thread]:
+    """A threaded HTTP server on its own daemon thread, or a StreamError naming the address
+    and the option (`flag`) that chooses another (a port in use)."""
+    try:
+        httpd = ThreadingHTTPServer((host, port), handler)
+    except OSError as exc:
+        raise StreamError(f"cannot serve on {host}:{port}: {exc.strerror or exc}",
+                          hint=f"choose another port with {flag} HOST:PORT") from exc
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, name=name, daemon=True)
+    thread.start()
+    return httpd, thread
 
 
 class View:
@@ -126,6 +144,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(PAGE.read_bytes(), "text/html; charset=utf-8")
         elif path == "/status.json":
             self._send(json.dumps(self.live.status()).encode(), "application/json")
+        elif path == "/metrics" and self.live.metrics is not None:
+            self._send(*self.live.metrics.exposition())
         elif path in ("/frame.jpg", "/stream.mjpg"):
             self._source(0, path[1:], url.query)
         elif m := _SOURCE_PATH.fullmatch(path):

@@ -36,10 +36,11 @@ import numpy as np
 from edgeas.errors import ConfigError, EdgeasError, StreamError
 from edgeas.groundtruth import find_ground_truth
 from edgeas.postprocess import resolve
-from edgeas.runtime.events import EventLog, EventWriter
+from edgeas.runtime.events import EventLog, EventWriter, source_prefix
+from edgeas.runtime.integrations import add_integration_sinks
 from edgeas.runtime.pipeline import _END, Lane, Pipeline, _Batch
 from edgeas.runtime.sink import FrameResult, Sink, SinkContext, SourceInfo
-from edgeas.runtime.sinks import GroundTruthSink
+from edgeas.runtime.sinks import GroundTruthSink, add_live_page
 from edgeas.runtime.sources import Source, SourceSpec, open_source, parse_source, redact
 from edgeas.runtime.stats import Ring
 
@@ -198,18 +199,24 @@ class MultiPipeline(Pipeline):
     def _context(self) -> SinkContext:
         infos = tuple(SourceInfo(lane.name, redact(lane.source.spec.uri),
                                  lane.source.spec.kind, lane.source.live, lane.source.fps,
-                                 self._condition(k), lane.settings.threshold,
-                                 lane.settings.min_area) for k, lane in enumerate(self.lanes))
+                                 self._condition(k), self._reconnects(lane),
+                                 threshold=lane.settings.threshold,
+                                 min_area=lane.settings.min_area)
+                      for k, lane in enumerate(self.lanes))
         first = self.lanes[0].source
         return SinkContext(first.spec.uri, any(i.live for i in infos), first.fps,
                            self.model_label, self.settings.threshold,
-                           station=self.station(), sources=infos)
+                           station=self.station(), sources=infos, stats=self.stats)
 
     def _condition(self, k: int):
         """What the page shows of lane `k`: its source's state, or `failed` once given up
         (the source itself would still say `reading`)."""
         lane = self.lanes[k]
         return lambda: ("failed", self.failed_at[k]) if lane.failed else lane.source.condition()
+
+    @staticmethod
+    def _reconnects(lane: Lane):
+        return lambda: lane.source.reconnects
 
     def _one(self, frame: np.ndarray, maps: list[np.ndarray], item: _Batch, j: int) -> bool:
         keep = super()._one(frame, maps, item, j)
@@ -254,7 +261,7 @@ def _lane_sinks(k: int, name: str, spec: SourceSpec, events: str | None,
     sinks: list[Sink] = []
     if events is not None:
         written = EventLog(events, options.events_budget_mb, spec.uri,
-                           prefix=f"{folder_name(name)}-")
+                           prefix=source_prefix(name))
         sinks.append(PerSource(EventWriter(written), k, name))
     truth = find_ground_truth(spec.kind, spec.target)
     if truth is not None:
@@ -293,13 +300,11 @@ def run_sources(backend: Backend, options: StreamOptions, model_label: str,
             source: Source = open_source(spec)
             lanes.append(Lane(source, settings, name))
             sinks += _lane_sinks(k, name, spec, events, options, console)
+        # MQTT, webhook, --on-ng and metrics serve the whole station (their records say
+        # which source), as with one source
+        add_integration_sinks(options, sinks, console)
         if options.serve is not None:
-            from edgeas.runtime.server import LiveServer, parse_address
-
-            server = LiveServer(*parse_address(options.serve))
-            sinks.append(server)
-            if console is not None:
-                console.print(f"live view: {server.url}")
+            add_live_page(options.serve, sinks, console)
         pipeline = MultiPipeline(backend, lanes, station, sinks, options.max_frames,
                                  model_label)
     except BaseException as exc:

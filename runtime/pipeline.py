@@ -42,6 +42,7 @@ from edgeas.aggregate import aggregate, clean_and_decide, image_score
 from edgeas.errors import ConfigError, DependencyError, EdgeasError, StreamError
 from edgeas.postprocess import Settings, smoothing_name
 from edgeas.runtime.backends import Backend, NoAnswer
+from edgeas.runtime.events import utc_now
 from edgeas.runtime.preprocess import Preprocessor
 from edgeas.runtime.render import boxes_to_frame, render
 from edgeas.runtime.sink import Fanout, FrameResult, Sink, SinkContext, SourceInfo
@@ -225,7 +226,7 @@ class Pipeline:
         src = self.source
         return SinkContext(src.spec.uri, src.live, src.fps, self.model_label,
                            self.settings.threshold, station=self.station(),
-                           sources=(source_info(src),))
+                           sources=(source_info(src),), stats=self.stats)
 
     def _one(self, frame: np.ndarray, maps: list[np.ndarray], item: _Batch, j: int) -> bool:
         stream = item.streams[j]
@@ -264,7 +265,8 @@ class Pipeline:
             lane.ng += 1
         result = FrameResult(item.indices[j], item.labels[j], frame, amap, mask, is_ng, score,
                              s.threshold, regions, t2 - item.started[j], fps,
-                             lane.source.dropped, self.model_label, shown, stream)
+                             lane.source.dropped, self.model_label, shown, stream,
+                             when=utc_now() if is_ng else "")
         keep = self.sinks.frame(result)
         done = time.perf_counter()
         latency = done - item.started[j]
@@ -355,7 +357,7 @@ def source_info(source: Source) -> SourceInfo:
     spec = source.spec
     name = Path(spec.target).name if spec.kind in ("file", "folder") else redact(spec.uri)
     return SourceInfo(name or spec.uri, redact(spec.uri), spec.kind, source.live, source.fps,
-                      source.condition)
+                      source.condition, lambda: source.reconnects)
 
 
 @contextmanager

@@ -29,17 +29,15 @@ from __future__ import annotations
 
 import datetime
 import logging
-import threading
 import time
-from http.server import ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
 
-from edgeas.errors import ConfigError, StreamError
+from edgeas.errors import ConfigError
 from edgeas.runtime.events import event_id
 from edgeas.runtime.live_events import EventImages
-from edgeas.runtime.live_http import Handler, LiveState, View
+from edgeas.runtime.live_http import Handler, LiveState, View, start_http
 from edgeas.runtime.sink import FrameResult, Sink, SinkContext
 from edgeas.runtime.sources import redact
 
@@ -52,8 +50,10 @@ VIEWER_GRACE_S = 1.0  # a page that asked this recently is still watching (betwe
 LIVE_MAX_WIDTH = 1280
 
 
-def parse_address(value: str, default_port: int = 8080) -> tuple[str, int]:
-    """"HOST:PORT", ":PORT", "PORT", "[::1]:PORT" or "HOST" -> (host, port)."""
+def parse_address(value: str, default_port: int = 8080,
+                  flag: str = "--serve") -> tuple[str, int]:
+    """"HOST:PORT", ":PORT", "PORT", "[::1]:PORT" or "HOST" -> (host, port); the host is
+    127.0.0.1 unless named. `flag` names the option in the error."""
     text = str(value).strip()
     host, port = DEFAULT_HOST, str(default_port)
     if text.startswith("["):
@@ -67,8 +67,8 @@ def parse_address(value: str, default_port: int = 8080) -> tuple[str, int]:
     elif text:
         host = text
     if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"--serve {value}: port must be a number 0..65535",
-                          hint="e.g. --serve 127.0.0.1:8080")
+        raise ConfigError(f"{flag} {value}: port must be a number 0..65535",
+                          hint=f"e.g. {flag} 127.0.0.1:{default_port}")
     return host, int(port)
 
 
@@ -94,18 +94,11 @@ class LiveServer(Sink):
         self.event_images = EventImages(
             lambda: list(self.context.event_stores) if self.context is not None else [])
         handler = type("Handler", (Handler,), {"live": self})
-        try:
-            self.httpd = ThreadingHTTPServer((host, port), handler)
-        except OSError as exc:
-            raise StreamError(f"cannot serve on {host}:{port}: {exc.strerror or exc}",
-                              hint="choose another port with --serve HOST:PORT") from exc
-        self.httpd.daemon_threads = True
+        self.httpd, self._thread = start_http(host, port, handler, "--serve", "edgeas-http")
         self.host, self.port = host, int(self.httpd.server_address[1])
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="edgeas-http",
-                                        daemon=True)
-        self._thread.start()
         self._newest_event = ""
         self._closed = False
+        self.metrics: Any = None  # a MetricsSink of the same run: served on /metrics
 
     @property
     def url(self) -> str:
@@ -192,6 +185,11 @@ class LiveServer(Sink):
                 "recent": [dict(_public(rec), id=event_id(rec)) for rec in board],
                 "folders": [{"dir": str(s.folder), "budget_bytes": s.budget_bytes,
                              "used_bytes": s.used_bytes()} for s in stores],
+                # what MQTT and the webhook have yet to deliver (runtime/delivery.py)
+                "queues": [{"sink": q.sink, "dir": str(q.folder), "depth": q.depth(),
+                            "used_bytes": q.used_bytes(), "budget_bytes": q.budget_bytes,
+                            "delivered": q.delivered()}
+                           for q in (ctx.queues if ctx is not None else [])],
             },
         }
 

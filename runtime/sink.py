@@ -1,7 +1,7 @@
 """The outputs of a stream: what every sink receives and the contract it keeps.
 
-A sink (the live page, the window, the recording, the events writer; MQTT or a webhook
-later) is called by the pipeline's post thread only, in this order:
+A sink (the live page, the window, the recording, the events writer, MQTT, a webhook,
+the --on-ng command, the metrics) is called by the pipeline's post thread only, in this order:
 
     open(context)       once, before the first frame (a SinkContext: the run's sources,
                         model, threshold, what the station is set to, the board of
@@ -75,6 +75,9 @@ class FrameResult:
     model: str = ""  # the model's label
     rendered: np.ndarray | None = None  # the overlay, when some sink needed it
     stream: int = 0  # which of the run's sources it came from (index in SinkContext.sources)
+    # when the decision was made (ISO 8601 UTC), set on NG frames: every sink that reports
+    # the event (file, MQTT, webhook, --on-ng) names it by the same time, hence the same id
+    when: str = ""
 
     def status(self) -> dict[str, Any]:
         """What the live page shows of this frame (and `Pipeline.last` holds)."""
@@ -96,6 +99,7 @@ class SourceInfo:
     live: bool
     fps: float | None
     condition: Callable[[], tuple[str, float]] = lambda: ("reading", 0.0)
+    reconnects: Callable[[], int] = lambda: 0  # how often a live source came back so far
     # what this source is decided with, where a station sets it per source (None: the
     # station's own, SinkContext.station)
     threshold: float | None = None
@@ -111,6 +115,19 @@ class EventStore:
     folder: Path
     budget_bytes: int
     used_bytes: Callable[[], int]
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """An on-disk delivery queue (MQTT, webhook) as its sink declares it on open, for the
+    sinks that report it (metrics); the callables may be asked from another thread."""
+
+    sink: str
+    folder: Path
+    budget_bytes: int
+    depth: Callable[[], int]
+    used_bytes: Callable[[], int]
+    delivered: Callable[[], int] = lambda: 0
 
 
 @dataclass(frozen=True)
@@ -133,6 +150,10 @@ class SinkContext:
     sources: tuple[SourceInfo, ...] = ()
     # filled by the sinks that write events, in their open()
     event_stores: list[EventStore] = field(default_factory=list)
+    # filled by the sinks that queue deliveries on disk, in their open()
+    queues: list[QueueInfo] = field(default_factory=list)
+    # the pipeline's stage timings (a metrics sink observes them); None outside a pipeline
+    stats: StageStats | None = None
 
 
 class Sink:
@@ -243,5 +264,5 @@ class Fanout:
         return out
 
 
-__all__ = ["SINK_BUDGET_S", "EventStore", "Fanout", "FrameResult", "Sink", "SinkContext",
-           "SourceInfo"]
+__all__ = ["SINK_BUDGET_S", "EventStore", "Fanout", "FrameResult", "QueueInfo", "Sink",
+           "SinkContext", "SourceInfo"]

@@ -21,6 +21,7 @@ import numpy as np
 from edgeas.errors import DependencyError, StreamError
 from edgeas.groundtruth import GroundTruth, find_ground_truth
 from edgeas.runtime.events import EventLog, EventWriter
+from edgeas.runtime.integrations import add_integration_sinks, page_metrics
 from edgeas.runtime.sink import FrameResult, Sink, SinkContext
 
 if TYPE_CHECKING:
@@ -201,10 +202,25 @@ def describe_decisions(d: dict[str, Any], skipped: int = 0) -> str:
     return line
 
 
+def add_live_page(serve: str, sinks: list[Sink], console: Console | None = None) -> None:
+    """The live page at `serve`, with /metrics (those of --metrics when asked for),
+    appended to `sinks` (the station's other sinks, made before it)."""
+    from edgeas.runtime.server import LiveServer, parse_address
+
+    server = LiveServer(*parse_address(serve))
+    sinks.append(server)
+    server.metrics = page_metrics(sinks)
+    if server.metrics is not None and server.metrics not in sinks:
+        sinks.append(server.metrics)
+    if console is not None:
+        console.print(f"live view: {server.url}")
+
+
 def build_sinks(options: StreamOptions, source: Source,
                 console: Console | None = None) -> list[Sink]:
     """The sinks the options ask for (station file or flags), in the order they are fed:
-    events, recording, window, live page, and the ground-truth check when the source
+    events, MQTT/webhook/--on-ng/metrics (runtime/integrations.py), recording, window,
+    live page, and the ground-truth check when the source
     has labels (`edgeas.groundtruth`). Each is checked as it is made (a bad video
     type, an unwritable events folder, no GUI, a port in use), before the stream starts;
     when one fails, the ones already made are closed. The caller hands them to a
@@ -214,17 +230,13 @@ def build_sinks(options: StreamOptions, source: Source,
         if options.events_dir is not None:
             log = EventLog(options.events_dir, options.events_budget_mb, source.spec.uri)
             sinks.append(EventWriter(log))
+        add_integration_sinks(options, sinks, console)
         if options.record is not None:
             sinks.append(Recorder(options.record, source.fps))
         if options.show:
             sinks.append(Window())
         if options.serve is not None:
-            from edgeas.runtime.server import LiveServer, parse_address
-
-            server = LiveServer(*parse_address(options.serve))
-            sinks.append(server)
-            if console is not None:
-                console.print(f"live view: {server.url}")
+            add_live_page(options.serve, sinks, console)
         truth = find_ground_truth(source.spec.kind, source.spec.target)
         if truth is not None:
             sinks.append(GroundTruthSink(truth))

@@ -2,14 +2,18 @@
 
 A station file holds what the command line would (interfaces.md): `model`, `source`,
 `threshold`, `min_area`, `aggregation`, `class` (the product inspected: the model's
-per-class threshold of that class), `serve`, `show`, `record` and
-`events: {dir, budget_mb}`, or instead of `source` a list `sources:` of
-`{name, uri, threshold, min_area, events}` (several cameras through one model,
-runtime/multi_source.py; each entry's settings override the station's). It loads
-through the core config loader (`edgeas.config.load_yaml_dataclass`): unknown keys are
-errors that name the key and the file, so a typo never silently runs a station with
-defaults. Relative paths in the file are relative to the file's own folder, so a
-station folder can be moved as a whole. Flags given on the command line override the file.
+per-class threshold of that class), `serve`, `show`, `record`,
+`events: {dir, budget_mb}` (or instead of `source` a list `sources:` of `{name, uri,
+threshold, min_area, events}`: several cameras through one model,
+runtime/multi_source.py, each entry's settings over the station's), and what leaves
+the box: `station` (its name), `metrics`,
+`mqtt: {url, password_file, ca_file, thumbnail}`, `webhook: {url, timeout_s}`,
+`on_ng: {command, timeout_s}`, `queue: {dir, budget_mb}` (runtime/delivery.py).
+It loads through the core config loader (`edgeas.config.load_yaml_dataclass`):
+unknown keys are errors that name the key and the file, so a typo never silently runs a
+station with defaults. Relative paths in the file are relative to the file's own
+folder, so a station folder can be moved as a whole. Flags given on the command line
+override the file.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from edgeas.config import load_yaml_dataclass
 from edgeas.errors import ConfigError
 from edgeas.postprocess import AGGREGATION_MODES as MODES
 from edgeas.runtime.events import DEFAULT_BUDGET_MB
+from edgeas.runtime.outbox import DEFAULT_QUEUE_MB
 
 DEFAULT_SERVE = "127.0.0.1:8080"  # what `serve: true` serves on
+DEFAULT_METRICS = "127.0.0.1:9100"  # what `metrics: true` serves on
 
 
 @dataclass
@@ -57,6 +63,32 @@ class SourceEntry:
 
 
 @dataclass
+class MqttSection:
+    url: str | None = None  # mqtt://[user@]HOST[:PORT]/PREFIX; never a password
+    password_file: str | None = None
+    ca_file: str | None = None
+    thumbnail: bool = False  # a small JPEG of the frame in each event message
+
+
+@dataclass
+class WebhookSection:
+    url: str | None = None
+    timeout_s: float | None = None
+
+
+@dataclass
+class OnNgSection:
+    command: str | None = None
+    timeout_s: float | None = None
+
+
+@dataclass
+class QueueSection:
+    dir: str | None = None  # None: ~/.local/state/edgeas/queue/STATION
+    budget_mb: float | None = None  # per queue; None: DEFAULT_QUEUE_MB
+
+
+@dataclass
 class StationFile:
     """The keys of a station file as written (paths not yet resolved); ints are accepted
     where the file names something (a port `serve: 8080`, a folder `source: 7`)."""
@@ -72,6 +104,12 @@ class StationFile:
     show: bool = False
     record: str | int | None = None
     events: EventsSection | None = field(default_factory=EventsSection)
+    station: str | None = None  # the station's name in MQTT topics and messages
+    metrics: str | int | bool | None = None  # host:port, a port, or true (127.0.0.1:9100)
+    mqtt: MqttSection | None = None
+    webhook: WebhookSection | None = None
+    on_ng: OnNgSection | None = None
+    queue: QueueSection | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +130,18 @@ class StreamOptions:
     events_budget_mb: float = DEFAULT_BUDGET_MB
     max_frames: int | None = None
     batch: int = 1
+    station: str | None = None  # None: the host name
+    metrics: str | None = None
+    mqtt: str | None = None
+    mqtt_password_file: str | None = None
+    mqtt_ca: str | None = None
+    mqtt_thumbnail: bool = False
+    webhook: str | None = None
+    webhook_timeout_s: float = 5.0
+    on_ng: str | None = None
+    on_ng_timeout_s: float = 5.0
+    queue_dir: str | None = None
+    queue_budget_mb: float = DEFAULT_QUEUE_MB
 
     def merged(self, **overrides: Any) -> StreamOptions:
         """These options with every override that is not None (command-line flags)."""
@@ -143,9 +193,21 @@ def load_station(path: str | Path) -> StreamOptions:
         _check_ranges(path, f"sources[{i}].", entry.threshold, entry.min_area)
     if events.budget_mb is not None and events.budget_mb <= 0:
         raise ConfigError(f"{path}: events.budget_mb must be > 0, got {events.budget_mb}")
+    queue = data.queue or QueueSection()
+    if queue.budget_mb is not None and queue.budget_mb <= 0:
+        raise ConfigError(f"{path}: queue.budget_mb must be > 0, got {queue.budget_mb}")
+    mqtt = data.mqtt or MqttSection()
+    webhook = data.webhook or WebhookSection()
+    on_ng = data.on_ng or OnNgSection()
+    for key, section in (("webhook", webhook), ("on_ng", on_ng)):
+        if section.timeout_s is not None and not section.timeout_s > 0:
+            raise ConfigError(f"{path}: {key}.timeout_s must be > 0, got {section.timeout_s}")
     serve = data.serve
     if isinstance(serve, bool):  # `serve: true` serves on the default address
         serve = DEFAULT_SERVE if serve else None
+    metrics = data.metrics
+    if isinstance(metrics, bool):
+        metrics = DEFAULT_METRICS if metrics else None
     base = path.parent
     entries = tuple(SourceEntry(str(_text(e.uri, base)), _text(e.name), e.threshold,
                                 e.min_area, _text(e.events, base))
@@ -163,6 +225,18 @@ def load_station(path: str | Path) -> StreamOptions:
         record=_text(data.record, base),
         events_dir=_text(events.dir, base),
         events_budget_mb=DEFAULT_BUDGET_MB if events.budget_mb is None else events.budget_mb,
+        station=data.station,
+        metrics=_text(metrics),
+        mqtt=mqtt.url,
+        mqtt_password_file=_text(mqtt.password_file, base),
+        mqtt_ca=_text(mqtt.ca_file, base),
+        mqtt_thumbnail=mqtt.thumbnail,
+        webhook=webhook.url,
+        webhook_timeout_s=5.0 if webhook.timeout_s is None else webhook.timeout_s,
+        on_ng=on_ng.command,
+        on_ng_timeout_s=5.0 if on_ng.timeout_s is None else on_ng.timeout_s,
+        queue_dir=_text(queue.dir, base),
+        queue_budget_mb=DEFAULT_QUEUE_MB if queue.budget_mb is None else queue.budget_mb,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,9 @@ class StageStats:
         self.frames = 0
         self.first_start: float | None = None
         self.last_done: float | None = None
+        # called with (stage, seconds) on every add, outside the lock: the metrics sink's
+        # histograms see every sample, not the ring's last WINDOW
+        self.observers: list[Callable[[str, float], None]] = []
 
     def track(self, stage: str) -> None:
         """A stage beyond STAGES (one sink's time): added to table(), not to format_stages."""
@@ -66,6 +70,8 @@ class StageStats:
     def add(self, stage: str, seconds: float) -> None:
         with self._lock:
             self.rings[stage].add(seconds)
+        for observe in self.observers:
+            observe(stage, seconds)
 
     def started(self, t: float) -> None:
         with self._lock:

@@ -173,6 +173,16 @@ def test_stream_names_the_missing_model_and_camera_backend(tmp_path):
         assert "access to the GPU" in missing
 
 
+def test_stream_names_the_integration_packages_the_station_file_needs(tmp_path):
+    config = station_file(tmp_path, "file:///x.mp4", tmp_path / "model.onnx")
+    config.write_text(config.read_text() + "mqtt: {url: 'mqtt://b/f'}\nmetrics: 9100\n")
+    done = run_doctor("--json", "--for", "stream", "--config", str(config),
+                      block="torch,paho,prometheus_client")
+    missing = {m["what"]: m["install"] for m in json.loads(done.stdout)["check"]["missing"]}
+    assert done.returncode == 1
+    assert missing["paho-mqtt"] == missing["prometheus-client"] == "pip install 'edgeas[runtime]'"
+
+
 def test_doctor_reports_which_cuda_layer_the_gpu_path_uses(tmp_path):
     """pycuda first; cuda-python (cuda.bindings) stands in where pycuda is missing; with
     neither, an engine station misses 'pycuda or cuda-python'."""

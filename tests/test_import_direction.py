@@ -33,7 +33,7 @@ CORE_REACHES = {
     ("edgeas.cli", "edgeas.export.command"): "the CLI dispatches `edgeas export`",
     ("edgeas.cli", "edgeas.export.engine"): "the CLI dispatches `edgeas build-engine`",
     ("edgeas.cli", "edgeas.calibration.command"): "the CLI dispatches `edgeas calibrate`",
-    ("edgeas.cli", "edgeas.runtime.command"): "the CLI dispatches `edgeas stream`",
+    ("edgeas.cli_stream", "edgeas.runtime.command"): "the CLI dispatches `edgeas stream`",
     ("edgeas.cli", "edgeas.runtime.bench"): "the CLI dispatches `edgeas bench`",
     ("edgeas.cli_triton", "edgeas.runtime.triton_repo"):
         "the CLI dispatches `edgeas export-triton`",

@@ -30,6 +30,13 @@ def test_bench_command_writes_per_stage_latency_and_throughput(tmp_path_factory,
         assert pipe["stages"][stage]["n"] == 12
     assert result["pipeline_over_backend"] == pytest.approx(pipe["fps"] / only["fps"])
     assert len(result["machine"]["load_before"]) == 3 and result["machine"]["cpus"] >= 1
+    # what the timing ran with, printed and in the JSON (issue 16 part 6)
+    session = result["session"]
+    assert session["providers"] == ["CPUExecutionProvider"]
+    assert session["graph_optimization"] == "enable_all"
+    assert session["intra_op_threads"] >= 0 and session["execution_mode"] == "sequential"
+    assert "ONNX Runtime session: providers CPUExecutionProvider; graph optimisation " \
+        "enable_all" in " ".join(run.stderr.split())
 
 
 def test_bench_on_a_video(tmp_path_factory, tmp_path):

@@ -9,11 +9,13 @@ from sample_records import write_engine
 
 from edgeas.errors import ArtifactError, DependencyError
 
+# the integrations' packages too: they are imported only when --mqtt/--metrics ask
 BLOCKED = ("torch", "torchvision", "tensorrt", "tensorrt_rtx", "pycuda", "cuda", "onnxruntime",
-           "tritonclient")
-MODULES = ("backends", "bench", "command", "cuda_aggregate", "events", "pipeline", "preprocess",
+           "tritonclient", "paho", "prometheus_client")
+MODULES = ("backends", "bench", "command", "cuda_aggregate", "delivery", "events",
+           "integrations", "metrics", "mqtt", "onng", "outbox", "pipeline", "preprocess",
            "render", "server", "sinks", "sources", "station", "stats", "tensorrt_backend",
-           "triton_backend", "triton_repo")
+           "triton_backend", "triton_repo", "webhook")
 
 
 def test_every_runtime_module_imports_with_the_heavy_packages_blocked():
@@ -29,7 +31,7 @@ def test_every_runtime_module_imports_with_the_heavy_packages_blocked():
         main()
     """)
     assert run.returncode == 0, run.stderr
-    assert "--serve" in run.stdout and "--max-frames" in run.stdout
+    assert "--serve" in run.stdout and "--max-frames" in run.stdout and "--mqtt" in run.stdout
 
 
 def test_an_engine_without_tensorrt_is_a_clear_error(tmp_path):

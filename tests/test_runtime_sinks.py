@@ -266,8 +266,9 @@ def test_the_factory_builds_the_sinks_the_options_ask_for(tmp_path):
                        "events:\n  dir: ev\n  budget_mb: 5\n")
     sinks = build_sinks(load_station(station), MemorySource([DARK], 1))
     try:
-        assert [s.name for s in sinks] == ["events", "recording", "live"]
-        events, recording, live = sinks
+        # the live page brings its /metrics (prometheus-client is in the runtime extra)
+        assert [s.name for s in sinks] == ["events", "recording", "live", "metrics"]
+        events, recording, live, _ = sinks
         assert events.events.dir == tmp_path / "ev" and events.events.budget == 5 * 2**20
         assert recording.path == tmp_path / "out" / "rec.avi"
         assert live.host == "127.0.0.1" and live.port > 0

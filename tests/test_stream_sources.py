@@ -339,3 +339,14 @@ def test_the_live_page_has_a_tile_per_source_and_names_their_events(tmp_path_fac
     assert tiles == ["left", "right"]
     assert "threshold 0.7500" in settings and "min_area 20" in settings
     assert all(c.split(" ")[0] in ("left", "right") for c in captions)
+
+
+def test_event_file_prefixes_stay_inside_the_folder():
+    from edgeas.runtime.events import event_record, source_prefix
+
+    assert source_prefix("rtsp://user:***@cam/x") == "rtsp_user_cam_x-"
+    assert source_prefix("..") == "source-"
+    rec = event_record(7, "s", 1.0, 0.5, [], "2026-01-01T00:00:00.000+00:00", "left-")
+    assert rec["image"].startswith("left-00000007_") and "/" not in rec["mask"]
+    with pytest.raises(ValueError):
+        event_record(7, "s", 1.0, 0.5, [], "2026-01-01T00:00:00.000+00:00", "../x-")
