@@ -9,8 +9,9 @@ import typer
 
 
 def stream(
-    source: str | None = typer.Argument(
-        None, help="v4l2:///dev/video0, csi://0, rtsp://host/path, file://clip.mp4 or a folder."
+    source: list[str] | None = typer.Argument(
+        None, help="v4l2:///dev/video0, csi://0, rtsp://host/path, file://clip.mp4 or a folder; "
+        "several: one batched station.", show_default=False,
     ),
     model: str | None = typer.Option(
         None, "--model", "-m", help="MODEL.onnx, MODEL.engine or triton://HOST:PORT/NAME."
@@ -91,9 +92,12 @@ def stream(
     """
     from edgeas.runtime.command import stream_command
 
+    several = source is not None and len(source) > 1
     flags = {
-        "source": source, "model": model, "camera": camera, "video": video, "rtsp": rtsp,
-        "csi": csi, "images": images, "threshold": threshold, "min_area": min_area,
+        "source": source[0] if source and not several else None,
+        "sources": tuple(source) if several else None, "model": model, "camera": camera,
+        "video": video, "rtsp": rtsp, "csi": csi, "images": images, "threshold": threshold,
+        "min_area": min_area,
         "aggregation": aggregation, "serve": serve, "show": show or None, "record": record,
         "events_dir": events, "events_budget_mb": events_budget_mb, "max_frames": max_frames,
         "batch": batch, "cls": cls, "station": station, "mqtt": mqtt,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,11 @@ from edgeas.fileio import atomic_write_text
 from edgeas.postprocess import resolve
 from edgeas.runtime.backends import REMOTE_SCHEMES, open_backend
 from edgeas.runtime.integrations import check_integrations
+from edgeas.runtime.multi_source import describe_sources, run_sources
 from edgeas.runtime.pipeline import Pipeline, describe_summary
 from edgeas.runtime.sinks import build_sinks, describe_decisions
 from edgeas.runtime.sources import open_source, parse_source
-from edgeas.runtime.station import StreamOptions, load_station
+from edgeas.runtime.station import SourceEntry, StreamOptions, load_station
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -38,14 +40,23 @@ def build_options(config: Path | None, flags: dict[str, Any]) -> StreamOptions:
     """The station file (if any) overridden by the command-line flags that were given."""
     base = load_station(config) if config is not None else StreamOptions()
     shorthands = {k: flags.pop(k, None) for k in ("camera", "video", "rtsp", "csi", "images")}
+    several = tuple(flags.pop("sources", None) or ())
+    if several and any(v is not None for v in shorthands.values()):
+        raise ConfigError(f"{len(several)} SOURCE URIs and a --camera/--video/--rtsp/--csi/"
+                          "--images flag: give several sources as URIs only")
     if any(v is not None for v in shorthands.values()) or flags.get("source") is not None:
         flags["source"] = parse_source(flags.pop("source", None), **shorthands).uri
     options = base.merged(**flags)
+    if several:  # the command line's sources replace the station file's
+        options = replace(options, source=None,
+                          sources=tuple(SourceEntry(parse_source(u).uri) for u in several))
+    elif flags.get("source") is not None:
+        options = replace(options, sources=())
     check_integrations(options)
     if options.model is None:
         raise ConfigError("no model: pass --model MODEL.onnx|MODEL.engine or set `model:` in "
                           "the station file", hint="edgeas export writes an ONNX model")
-    if options.source is None:
+    if options.source is None and not options.sources:
         raise ConfigError("no source: pass a SOURCE URI, --video/--camera/--rtsp/--csi/--images, "
                           "or set `source:` in the station file",
                           hint="e.g. edgeas stream --model model.onnx file://clip.mp4")
@@ -55,6 +66,11 @@ def build_options(config: Path | None, flags: dict[str, Any]) -> StreamOptions:
 def run_stream(options: StreamOptions, device: str = "auto") -> dict[str, Any]:
     """Run a stream to its end; returns the summary (also used by tests and the bench)."""
     backend = open_backend(options.model, device)
+    if options.sources:
+        try:
+            return run_sources(backend, options, model_label(options.model), console)
+        finally:
+            backend.close()
     try:
         settings = resolve(backend.record, options.threshold, options.min_area,
                            options.aggregation, str(options.model), cls=options.cls)
@@ -116,6 +132,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     if "recording" in summary:
         rec = summary["recording"]
         console.print(f"recording: {rec['path']} ({rec['frames']} frames)")
+    if "sources" in summary:
+        console.print(describe_sources(summary))
     if "decisions" in summary:
         console.print(describe_decisions(summary["decisions"], summary.get("skipped", 0)))
 

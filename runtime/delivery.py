@@ -32,7 +32,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edgeas.runtime.events import event_id, event_record
+from edgeas.runtime.events import event_id, event_record, source_prefix
 from edgeas.runtime.outbox import Outbox
 from edgeas.runtime.sink import FrameResult, QueueInfo, Sink, SinkContext
 from edgeas.runtime.sources import redact
@@ -46,11 +46,11 @@ OK, RETRY, REJECT, WAIT = "ok", "retry", "reject", "wait"
 
 
 def event_message(result: FrameResult, station: str, source_name: str,
-                  files: bool) -> dict[str, Any]:
+                  files: bool, prefix: str = "") -> dict[str, Any]:
     """What a receiver gets of one NG frame. `files`: an events folder holds the frame and
     mask PNGs under the record's names (else the names would point at nothing)."""
     rec = event_record(result.index, redact(result.source), result.score, result.threshold,
-                       result.regions, result.when)
+                       result.regions, result.when, prefix)
     msg = {"id": event_id(rec), "station": station, "source_name": source_name, **rec}
     if not files:
         del msg["image"], msg["mask"]
@@ -78,6 +78,7 @@ class QueuedSink(Sink):
     def __init__(self, outbox: Outbox, station: str, drain_s: float = DRAIN_S) -> None:
         self.outbox, self.station, self.drain_s = outbox, station, drain_s
         self.source_name = ""
+        self.source_names: list[str] = []
         self.files = False
         self.queued = self.delivered = self.failures = self.rejected = self.lost = 0
         self._stop = threading.Event()
@@ -91,7 +92,8 @@ class QueuedSink(Sink):
     # ---------------------------------------------------------------- the sink
 
     def open(self, context: SinkContext) -> None:
-        self.source_name = context.sources[0].name if context.sources else redact(context.source)
+        self.source_names = [s.name for s in context.sources] or [redact(context.source)]
+        self.source_name = self.source_names[0]
         self.files = bool(context.event_stores)  # the events writer comes first and declared
         box = self.outbox
         context.queues.append(QueueInfo(self.name, box.dir, box.budget, lambda: box.depth,
@@ -108,8 +110,16 @@ class QueuedSink(Sink):
                                             daemon=True)
             self._thread.start()
 
+    def message(self, result: FrameResult) -> dict[str, Any]:
+        """The message of one NG frame, named by its source; with several sources, under
+        the event file names the events writer gave it (runtime/events.py source_prefix)."""
+        names = self.source_names
+        name = names[result.stream] if result.stream < len(names) else self.source_name
+        prefix = source_prefix(name) if len(names) > 1 else ""
+        return event_message(result, self.station, name, self.files, prefix)
+
     def on_event(self, result: FrameResult) -> None:
-        self.enqueue(event_message(result, self.station, self.source_name, self.files))
+        self.enqueue(self.message(result))
 
     def enqueue(self, message: dict[str, Any]) -> None:
         self._pending.put(json.dumps(message, separators=(",", ":")).encode())

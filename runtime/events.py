@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -59,13 +60,27 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
+_SAFE_PREFIX = re.compile(r"(?:[A-Za-z0-9_-][A-Za-z0-9._-]*)?")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def source_prefix(name: str) -> str:
+    """How the event files of one source of a several-source station begin (its name in
+    file-name characters): the events writer and the messages sent off the box agree."""
+    return (_UNSAFE.sub("_", name).strip("._") or "source") + "-"
+
+
 def event_record(frame_index: int, source: str, score: float, threshold: float,
-                 regions: list[list[int]], when: str) -> dict[str, Any]:
+                 regions: list[list[int]], when: str, prefix: str = "") -> dict[str, Any]:
     """The one event record: a line of events.jsonl, and the body of what MQTT, the webhook
     and --on-ng receive. Its file names are made of the frame number and the time only
-    (digits, `T`, `Z`, `_`), so no source name can lead them out of the events folder."""
+    (digits, `T`, `Z`, `_`), so no source name can lead them out of the events folder;
+    `prefix` (a station with several sources: the source's name, so that two sources'
+    events never share an id) may hold only letters, digits, `.`, `_` and `-`."""
+    if not _SAFE_PREFIX.fullmatch(prefix):
+        raise ValueError(f"event file prefix {prefix!r} has characters a file name must not")
     stamp = when.replace(":", "").replace("-", "").replace("+0000", "Z")[:22]
-    stem = f"{int(frame_index):08d}_{stamp}"
+    stem = f"{prefix}{int(frame_index):08d}_{stamp}"
     return {"time": when, "frame": int(frame_index), "source": source,
             "score": float(score), "threshold": float(threshold),
             "regions": [[int(v) for v in r] for r in regions],
@@ -76,13 +91,16 @@ class EventLog:
     """Synchronous writer of events into one folder, within `budget_mb`."""
 
     def __init__(self, directory: str | Path, budget_mb: float = DEFAULT_BUDGET_MB,
-                 source: str = "") -> None:
+                 source: str = "", prefix: str = "") -> None:
         if not budget_mb or budget_mb <= 0:
             raise ConfigError(f"events budget_mb must be > 0, got {budget_mb}")
         self.dir = writable_folder(directory, "events folder", "--events DIR")
         self.path = self.dir / LOG_NAME
         self.budget = int(budget_mb * 1024 * 1024)
         self.source = source
+        # starts every file name, so that the events of several sources of one station
+        # (same frame number, same millisecond) never share an id on the live page
+        self.prefix = prefix
         self.written = self.deleted = self.failed = 0
         self._warned_small = False
         self._events: deque[_Stored] = deque(self._load())
@@ -121,7 +139,7 @@ class EventLog:
         `source`: where this frame came from (an image file of a folder source), if not
         the log's own source."""
         rec = event_record(frame_index, source or self.source, score, threshold, regions,
-                           when or utc_now())
+                           when or utc_now(), self.prefix)
         # the decision's mask is at model size: saved at the frame's, so that it lines up
         # with the saved frame and the boxes (frame pixels), in render's pixel mapping
         shown = mask_to_frame(np.asarray(mask), frame.shape[:2])

@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from edgeas.errors import ConfigError, require
-from edgeas.runtime.delivery import OK, RETRY, WAIT, QueuedSink, event_message, thumbnail
+from edgeas.runtime.delivery import OK, RETRY, WAIT, QueuedSink, thumbnail
 from edgeas.runtime.events import utc_now
 from edgeas.runtime.outbox import Outbox
 from edgeas.runtime.sink import FrameResult, SinkContext
@@ -191,7 +191,7 @@ class MqttSink(QueuedSink):
         self._last = (time.time(), result.fps)
 
     def on_event(self, result: FrameResult) -> None:
-        msg = event_message(result, self.station, self.source_name, self.files)
+        msg = self.message(result)
         if self.with_thumbnail:
             msg["thumbnail"] = thumbnail(result.frame)
         self.enqueue(msg)

@@ -60,6 +60,23 @@ class _Batch:
     indices: list[int] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     started: list[float] = field(default_factory=list)
+    streams: list[int] = field(default_factory=list)  # which lane each frame came from
+
+
+@dataclass
+class Lane:
+    """One source of a run, decided with its own settings and counted apart (several:
+    runtime/multi_source.py; a one-source run is one lane)."""
+
+    source: Source
+    settings: Settings
+    name: str = ""
+    rate: RollingRate = field(default_factory=RollingRate)
+    frames: int = 0  # read from the source (the lane's frame index of the next one)
+    ng: int = 0
+    skipped: int = 0
+    unanswered: int = 0
+    failed: str | None = None  # why the source was given up, when it was
 
 
 class Pipeline:
@@ -82,7 +99,8 @@ class Pipeline:
         self.pre = Preprocessor(backend.recipe)
         self.stats = StageStats()
         self.sinks = Fanout(sinks, self.stats)
-        self.rate = RollingRate()
+        self.lanes = [Lane(source, settings)]
+        self.rate = self.lanes[0].rate  # the run's rate (one lane: that lane's)
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
         self.ng = self.skipped = self.unanswered = 0
@@ -138,6 +156,7 @@ class Pipeline:
                     item.indices.append(count)
                     item.labels.append(self._label())
                     item.started.append(t0)
+                    item.streams.append(0)
                     count += 1
                 if item.frames:
                     item.data = item.data[: len(item.frames)]
@@ -166,6 +185,8 @@ class Pipeline:
                     # a remote model's server is away: these frames get no decision, the
                     # stream goes on (the summary counts them)
                     self.unanswered += len(item.frames)
+                    for k in item.streams:
+                        self.lanes[k].unanswered += 1
                     log.warning("frames %d-%d got no answer: %s", item.indices[0],
                                 item.indices[-1], exc.message)
                     continue
@@ -182,10 +203,7 @@ class Pipeline:
 
     def _post(self, inp: queue.Queue) -> None:
         try:
-            src = self.source
-            self.sinks.open(SinkContext(src.spec.uri, src.live, src.fps, self.model_label,
-                                        self.settings.threshold, station=self.station(),
-                                        sources=(source_info(src),), stats=self.stats))
+            self.sinks.open(self._context())
             while (got := inp.get()) is not _END:
                 if self.errors:
                     continue
@@ -204,8 +222,16 @@ class Pipeline:
             except BaseException as exc:
                 self.errors.append(exc)
 
+    def _context(self) -> SinkContext:
+        src = self.source
+        return SinkContext(src.spec.uri, src.live, src.fps, self.model_label,
+                           self.settings.threshold, station=self.station(),
+                           sources=(source_info(src),), stats=self.stats)
+
     def _one(self, frame: np.ndarray, maps: list[np.ndarray], item: _Batch, j: int) -> bool:
-        s = self.settings
+        stream = item.streams[j]
+        lane = self.lanes[stream]
+        s = lane.settings
         t0 = time.perf_counter()
         model_hw = self.pre.input_hw
         if self._gpu_agg is not None:
@@ -217,7 +243,7 @@ class Pipeline:
         regions = boxes_to_frame(model_regions, model_hw, frame.shape[:2])
         t1 = time.perf_counter()
         self.stats.add("aggregate", t1 - t0)
-        fps = self.rate.rate()
+        fps = lane.rate.rate()
         shown = None
         wanted, width = self.sinks.render_request()
         if self.render or wanted:
@@ -236,9 +262,10 @@ class Pipeline:
             self.stats.add("render", t2 - t1)
         if is_ng:
             self.ng += 1
+            lane.ng += 1
         result = FrameResult(item.indices[j], item.labels[j], frame, amap, mask, is_ng, score,
                              s.threshold, regions, t2 - item.started[j], fps,
-                             self.source.dropped, self.model_label, shown,
+                             lane.source.dropped, self.model_label, shown, stream,
                              when=utc_now() if is_ng else "")
         keep = self.sinks.frame(result)
         done = time.perf_counter()
@@ -246,9 +273,11 @@ class Pipeline:
         self.stats.add("sinks", done - t2)
         self.stats.add("latency", latency)
         self.stats.done(done)
-        self.rate.tick(done)
+        lane.rate.tick(done)
+        if lane.rate is not self.rate:
+            self.rate.tick(done)
         # the status after the sinks: end-to-end latency and the rate with this frame in it
-        self.last = dict(result.status(), latency_ms=latency * 1e3, fps=self.rate.rate())
+        self.last = dict(result.status(), latency_ms=latency * 1e3, fps=lane.rate.rate())
         return keep
 
     def station(self) -> dict[str, Any]:
@@ -277,7 +306,7 @@ class Pipeline:
     def run(self) -> dict[str, Any]:
         """Stream until the source ends, max_frames, or stop; returns the summary."""
         # one batch in each queue for a live source (its latency), two for files (throughput)
-        depth = 1 if self.source.live else 2
+        depth = 1 if any(lane.source.live for lane in self.lanes) else 2
         q_in: queue.Queue = queue.Queue(maxsize=depth)
         q_out: queue.Queue = queue.Queue(maxsize=depth)
         threads = [threading.Thread(target=self._reader, args=(q_in,), name="edgeas-reader"),
@@ -368,4 +397,4 @@ def describe_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Pipeline", "StreamError", "describe_summary"]
+__all__ = ["Lane", "Pipeline", "StreamError", "describe_summary"]

@@ -15,7 +15,7 @@ second, holds what is not a frame's: rates, settings, the sources' state, events
 `shown` is the record of the picture served, `latest` the newest frame decided, which
 may not have been drawn.
 
-Several sources: the status holds a list of them (one today), each with its own
+Several sources: the status holds a list of them, each with its own
 picture and record (FrameResult.stream says whose a frame is), and the page draws a
 tile per entry. The pipeline only hands over its newest picture and record; JPEG
 encoding happens in the HTTP threads, only when someone is watching. As a sink of the
@@ -172,6 +172,8 @@ class LiveServer(Sink):
                 state, since = info.condition()
                 entry.update(name=info.name, uri=info.uri, kind=info.kind, live=info.live,
                              fps_nominal=info.fps, state=state, since=utc_iso(since))
+                if info.threshold is not None:  # the page lists per-source settings
+                    entry.update(threshold=info.threshold, min_area=info.min_area)
             sources.append(entry)
         board = list(ctx.recent_events) if ctx is not None else []
         stores = list(ctx.event_stores) if ctx is not None else []

@@ -100,6 +100,10 @@ class SourceInfo:
     fps: float | None
     condition: Callable[[], tuple[str, float]] = lambda: ("reading", 0.0)
     reconnects: Callable[[], int] = lambda: 0  # how often a live source came back so far
+    # what this source is decided with, where a station sets it per source (None: the
+    # station's own, SinkContext.station)
+    threshold: float | None = None
+    min_area: int | None = None
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,7 @@ class SinkContext:
     # what the station is set to, for display (Pipeline.station(): model, precision,
     # backend, device, threshold and its policy, min_area, aggregation)
     station: Mapping[str, Any] = field(default_factory=dict)
-    # the run's sources, FrameResult.stream indexes them (one today)
+    # the run's sources, FrameResult.stream indexes them
     sources: tuple[SourceInfo, ...] = ()
     # filled by the sinks that write events, in their open()
     event_stores: list[EventStore] = field(default_factory=list)

@@ -202,6 +202,20 @@ def describe_decisions(d: dict[str, Any], skipped: int = 0) -> str:
     return line
 
 
+def add_live_page(serve: str, sinks: list[Sink], console: Console | None = None) -> None:
+    """The live page at `serve`, with /metrics (those of --metrics when asked for),
+    appended to `sinks` (the station's other sinks, made before it)."""
+    from edgeas.runtime.server import LiveServer, parse_address
+
+    server = LiveServer(*parse_address(serve))
+    sinks.append(server)
+    server.metrics = page_metrics(sinks)
+    if server.metrics is not None and server.metrics not in sinks:
+        sinks.append(server.metrics)
+    if console is not None:
+        console.print(f"live view: {server.url}")
+
+
 def build_sinks(options: StreamOptions, source: Source,
                 console: Console | None = None) -> list[Sink]:
     """The sinks the options ask for (station file or flags), in the order they are fed:
@@ -222,15 +236,7 @@ def build_sinks(options: StreamOptions, source: Source,
         if options.show:
             sinks.append(Window())
         if options.serve is not None:
-            from edgeas.runtime.server import LiveServer, parse_address
-
-            server = LiveServer(*parse_address(options.serve))
-            sinks.append(server)
-            server.metrics = page_metrics(sinks)
-            if server.metrics is not None and server.metrics not in sinks:
-                sinks.append(server.metrics)
-            if console is not None:
-                console.print(f"live view: {server.url}")
+            add_live_page(options.serve, sinks, console)
         truth = find_ground_truth(source.spec.kind, source.spec.target)
         if truth is not None:
             sinks.append(GroundTruthSink(truth))

@@ -3,7 +3,10 @@
 A station file holds what the command line would (interfaces.md): `model`, `source`,
 `threshold`, `min_area`, `aggregation`, `class` (the product inspected: the model's
 per-class threshold of that class), `serve`, `show`, `record`,
-`events: {dir, budget_mb}`, and what leaves the box: `station` (its name), `metrics`,
+`events: {dir, budget_mb}` (or instead of `source` a list `sources:` of `{name, uri,
+threshold, min_area, events}`: several cameras through one model,
+runtime/multi_source.py, each entry's settings over the station's), and what leaves
+the box: `station` (its name), `metrics`,
 `mqtt: {url, password_file, ca_file, thumbnail}`, `webhook: {url, timeout_s}`,
 `on_ng: {command, timeout_s}`, `queue: {dir, budget_mb}` (runtime/delivery.py).
 It loads through the core config loader (`edgeas.config.load_yaml_dataclass`):
@@ -35,6 +38,28 @@ DEFAULT_METRICS = "127.0.0.1:9100"  # what `metrics: true` serves on
 class EventsSection:
     dir: str | int | None = None
     budget_mb: float | None = None  # None: DEFAULT_BUDGET_MB
+
+
+@dataclass
+class SourceSection:
+    """One entry of `sources:` as written."""
+
+    uri: str | int | None = None  # required: checked by load_station (a one-line error)
+    name: str | None = None
+    threshold: float | None = None
+    min_area: int | None = None
+    events: str | int | None = None  # its events folder (default: EVENTS_DIR/NAME)
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    """One source of a several-source station; None: the station's setting."""
+
+    uri: str
+    name: str | None = None  # None: named after the file or the camera URI
+    threshold: float | None = None
+    min_area: int | None = None
+    events: str | None = None
 
 
 @dataclass
@@ -70,6 +95,7 @@ class StationFile:
 
     model: str | int | None = None
     source: str | int | None = None
+    sources: list[SourceSection] | None = None
     threshold: float | None = None
     min_area: int | None = None
     aggregation: str | None = None
@@ -92,6 +118,7 @@ class StreamOptions:
 
     model: str | None = None
     source: str | None = None  # a URI; the shorthand flags are turned into one by the CLI
+    sources: tuple[SourceEntry, ...] = ()  # several: each its own lane (replaces `source`)
     threshold: float | None = None  # None: the metadata's value
     min_area: int | None = None  # None: the metadata's value
     aggregation: str | None = None  # None: the metadata's mode
@@ -153,12 +180,17 @@ def load_station(path: str | Path) -> StreamOptions:
         raise ConfigError(f"{path}: aggregation '{data.aggregation}' is not one of "
                           f"{', '.join(MODES)}",
                           hint=f"did you mean '{close[0]}'?" if close else None)
-    if data.min_area is not None and data.min_area < 0:
-        raise ConfigError(f"{path}: 'min_area' must be >= 0, got {data.min_area!r}")
-    if data.threshold is not None and not (math.isfinite(data.threshold)
-                                           and data.threshold >= 0):
-        raise ConfigError(f"{path}: 'threshold' must be a finite number >= 0, got "
-                          f"{data.threshold!r}")
+    _check_ranges(path, "", data.threshold, data.min_area)
+    if data.sources is not None and data.source is not None:
+        raise ConfigError(f"{path}: both 'source' and 'sources' are set",
+                          hint="list every source under 'sources:'")
+    if data.sources is not None and not data.sources:
+        raise ConfigError(f"{path}: 'sources' is empty")
+    for i, entry in enumerate(data.sources or []):
+        if entry.uri is None or entry.uri == "":
+            raise ConfigError(f"{path}: sources[{i}] has no 'uri'",
+                              hint="e.g. - {name: left, uri: rtsp://cam-left/stream}")
+        _check_ranges(path, f"sources[{i}].", entry.threshold, entry.min_area)
     if events.budget_mb is not None and events.budget_mb <= 0:
         raise ConfigError(f"{path}: events.budget_mb must be > 0, got {events.budget_mb}")
     queue = data.queue or QueueSection()
@@ -177,9 +209,13 @@ def load_station(path: str | Path) -> StreamOptions:
     if isinstance(metrics, bool):
         metrics = DEFAULT_METRICS if metrics else None
     base = path.parent
+    entries = tuple(SourceEntry(str(_text(e.uri, base)), _text(e.name), e.threshold,
+                                e.min_area, _text(e.events, base))
+                    for e in data.sources or [])
     return StreamOptions(
         model=_text(data.model, base),
         source=_text(data.source, base),
+        sources=entries,
         threshold=data.threshold,
         min_area=data.min_area,
         aggregation=data.aggregation,
@@ -202,3 +238,12 @@ def load_station(path: str | Path) -> StreamOptions:
         queue_dir=_text(queue.dir, base),
         queue_budget_mb=DEFAULT_QUEUE_MB if queue.budget_mb is None else queue.budget_mb,
     )
+
+
+def _check_ranges(path: Path, where: str, threshold: float | None,
+                  min_area: int | None) -> None:
+    if min_area is not None and min_area < 0:
+        raise ConfigError(f"{path}: '{where}min_area' must be >= 0, got {min_area!r}")
+    if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
+        raise ConfigError(f"{path}: '{where}threshold' must be a finite number >= 0, got "
+                          f"{threshold!r}")
