@@ -16,6 +16,10 @@ def stream(
     model: str | None = typer.Option(
         None, "--model", "-m", help="MODEL.onnx, MODEL.engine or triton://HOST:PORT/NAME."
     ),
+    precision: str | None = typer.Option(
+        None, "--precision", help="fp32 | fp16 | int8: run the file of that precision beside "
+        "--model (int8: model.int8.cpu.onnx, or model.int8.onnx with --device gpu).",
+    ),
     config: Path | None = typer.Option(None, "--config", help="Station file (station.yaml)."),
     camera: int | None = typer.Option(None, "--camera", help="USB/V4L2 camera N."),
     video: str | None = typer.Option(None, "--video", help="Video file (no frame dropped)."),
@@ -95,7 +99,8 @@ def stream(
     several = source is not None and len(source) > 1
     flags = {
         "source": source[0] if source and not several else None,
-        "sources": tuple(source) if several else None, "model": model, "camera": camera,
+        "sources": tuple(source) if several else None, "model": model, "precision": precision,
+        "camera": camera,
         "video": video, "rtsp": rtsp, "csi": csi, "images": images, "threshold": threshold,
         "min_area": min_area,
         "aggregation": aggregation, "serve": serve, "show": show or None, "record": record,

@@ -16,6 +16,7 @@ from edgeas.fileio import atomic_write_text
 from edgeas.postprocess import resolve
 from edgeas.runtime.backends import REMOTE_SCHEMES, open_backend
 from edgeas.runtime.integrations import check_integrations
+from edgeas.runtime.model_choice import sibling
 from edgeas.runtime.multi_source import describe_sources, run_sources
 from edgeas.runtime.pipeline import Pipeline, describe_summary
 from edgeas.runtime.sinks import build_sinks, describe_decisions
@@ -65,6 +66,11 @@ def build_options(config: Path | None, flags: dict[str, Any]) -> StreamOptions:
 
 def run_stream(options: StreamOptions, device: str = "auto") -> dict[str, Any]:
     """Run a stream to its end; returns the summary (also used by tests and the bench)."""
+    if options.precision is not None:
+        chosen = sibling(options.model, options.precision, device)
+        console.print(f"--precision {options.precision}: running {chosen} "
+                      f"(beside {options.model})")
+        options = replace(options, model=str(chosen))
     backend = open_backend(options.model, device)
     if options.sources:
         try:

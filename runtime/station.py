@@ -117,6 +117,7 @@ class StreamOptions:
     """Everything `edgeas stream` needs besides the model's own metadata."""
 
     model: str | None = None
+    precision: str | None = None  # --precision: run the sibling file of this precision
     source: str | None = None  # a URI; the shorthand flags are turned into one by the CLI
     sources: tuple[SourceEntry, ...] = ()  # several: each its own lane (replaces `source`)
     threshold: float | None = None  # None: the metadata's value

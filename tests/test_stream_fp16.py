@@ -80,3 +80,27 @@ def test_an_fp16_model_streams_on_the_cpu_with_the_fp16_guard(exported, frames):
             assert cosine_per_image(g, w).min() > 0.99
         anomaly, _ = aggregate([m[0] for m in got], backend.input_hw)
         assert anomaly.shape == backend.input_hw and np.isfinite(anomaly).all()
+
+
+def _stream(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgeas", "stream", *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_precision_runs_the_sibling_file_and_says_so(exported, tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    noise = np.random.default_rng(4).integers(0, 256, (240, 320, 3), np.uint8)
+    cv2.imwrite(str(folder / "00.png"), noise)
+    run = _stream("--model", str(exported["fp32"]), "--precision", "fp16", "--images",
+                  str(folder), "--threshold", "0.5", "--device", "cpu")
+    assert run.returncode == 0, run.stderr
+    said = " ".join(run.stderr.split())
+    assert f"--precision fp16: running {exported['fp16']}" in said
+    # no INT8 file beside it: one line naming the missing file and what writes it
+    run = _stream("--model", str(exported["fp32"]), "--precision", "int8", "--images",
+                  str(folder), "--threshold", "0.5")
+    assert run.returncode == 2
+    said = " ".join(run.stderr.split())
+    assert f"no {exported['fp32'].with_name('model.int8.cpu.onnx')}" in said
+    assert "edgeas calibrate" in said and "Traceback" not in run.stderr
