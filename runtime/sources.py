@@ -160,7 +160,9 @@ class Source:
         self._ended = value
 
     def _enter(self, state: str) -> None:
-        if state != self.state:
+        # closed is final: a capture thread that reconnected just as close() ran must not
+        # show the source live again
+        if state != self.state and self.state != "closed":
             # one tuple assignment: a reader on another thread sees the pair of one change
             self.state, self.since = state, time.time()
 

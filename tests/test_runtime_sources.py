@@ -131,7 +131,9 @@ def test_a_live_source_hands_the_newest_frame_counts_drops_and_reconnects(tmp_pa
     live = LiveSource(spec, opener=lambda s: cv2.VideoCapture(str(clip)))
     states = []  # what the live page would show, in order
     enter = live._enter
-    live._enter = lambda state: (states.append(state), enter(state))
+    # the states it went through (an attempt refused after close is not one)
+    live._enter = lambda state: (enter(state), states.append(live.state)
+                                 if not states or states[-1] != live.state else None)
     seen = []
     with caplog.at_level(logging.WARNING, logger="edgeas.stream"):
         live.open()
@@ -148,6 +150,8 @@ def test_a_live_source_hands_the_newest_frame_counts_drops_and_reconnects(tmp_pa
     assert live.frames_captured - len(seen) - live.dropped in (0, 1)
     assert live.reconnects >= 1 and "reconnecting" in caplog.text and "reconnected" in caplog.text
     assert states[:3] == ["live", "reconnecting", "live"] and states[-1] == "closed"
+    live._enter("live")  # the capture thread reconnecting just after close()
+    assert live.condition()[0] == "closed"
     # newest first: indices only go back when the 'camera' restarted
     backwards = sum(b <= a for a, b in zip(seen, seen[1:]))
     assert backwards <= live.reconnects
