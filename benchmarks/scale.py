@@ -16,13 +16,17 @@ Throughput = all frames / wall time of the whole measurement (process start to t
 exit, model loading included, the same for both); per-source latency p50/p99 from the
 stations' summaries (frame read to decision). The machine is shared: the 1-minute load
 average before and after each measurement is recorded. Results: scale.json and scale.md.
-Not measured here: Triton with dynamic batching (part 3's server runs in the tests;
-timing it against direct calls is left to a run with a server at hand).
+With --triton: the same batched station with its model served by Triton Inference
+Server (`edgeas export-triton --max-batch 8`, dynamic batching; the tests' server:
+PyTriton's tritonserver running the ONNX model with ONNX Runtime in its Python backend,
+`make triton-server`, on this same CPU) through `triton://` (gRPC), against the direct
+batched station.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import statistics
@@ -30,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,10 +96,12 @@ def _latency(summary: dict[str, Any]) -> list[dict[str, float]]:
     return [{"p50_ms": lat.get("p50_ms"), "p99_ms": lat.get("p99_ms")}] if lat else []
 
 
-def measure(model: Path, clip: Path, count: int, threshold: float, work: Path,
+def measure(model: Path | str, clip: Path, count: int, threshold: float, work: Path,
             batched: bool) -> dict[str, Any]:
     run_dir = Path(tempfile.mkdtemp(prefix=f"{'b' if batched else 's'}{count}-", dir=work))
-    common = ["--model", str(model), "--threshold", f"{threshold:.6g}", "--device", "cpu"]
+    common = ["--model", str(model), "--threshold", f"{threshold:.6g}"]
+    if "://" not in str(model):  # a served model runs where the server is
+        common += ["--device", "cpu"]
     before = loadavg()
     start = time.perf_counter()
     if batched:
@@ -150,8 +157,22 @@ def markdown(report: dict[str, Any]) -> str:
             f"{s['latency_p50_ms']} / {s['latency_p99_ms']} | "
             f"{b['load_before'][0]} -> {s['load_after'][0]} |")
     lines += ["", "With one source both ways run the same command: that row's ratio is the "
-              "noise of this shared machine, not an effect.", "",
-              "Not measured: Triton with dynamic batching against direct calls."]
+              "noise of this shared machine, not an effect."]
+    triton = [r for r in report["rows"] if "triton" in r]
+    if triton:
+        lines += ["", f"Through Triton ({report['triton']}), the same batched station with "
+                  "`--model triton://...` against the direct one (the server on the same "
+                  "CPU, so both compete for its cores):", "",
+                  "| sources | direct FPS | Triton FPS | Triton / direct | Triton p50 / p99 ms |",
+                  "|---|---|---|---|---|"]
+        for row in triton:
+            b, t = row["batched"], row["triton"]
+            lines.append(f"| {row['sources']} | {b['fps']:.1f} | {t['fps']:.1f} | "
+                         f"{t['fps'] / b['fps']:.2f} | {t['latency_p50_ms']} / "
+                         f"{t['latency_p99_ms']} |")
+    else:
+        lines += ["", "Not measured: Triton with dynamic batching against direct calls "
+                  "(`--triton`)."]
     return "\n".join(lines) + "\n"
 
 
@@ -161,6 +182,7 @@ def main() -> None:
     p.add_argument("--counts", default="1,2,4,8")
     p.add_argument("--frames", type=int, default=40, help="frames per source")
     p.add_argument("--frame", default="1280x720")
+    p.add_argument("--triton", action="store_true", help="also through a Triton server")
     p.add_argument("--work", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     a = p.parse_args()
@@ -168,19 +190,45 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     model, clip = prepare(work, a.preset, a.frames, a.frame)
     threshold = threshold_for(model, clip, work)
-    rows = []
-    for count in (int(c) for c in a.counts.split(",")):
-        row: dict[str, Any] = {"sources": count}
-        for batched in (True, False):  # alternated per count: load changes hit both
-            row["batched" if batched else "separate"] = measure(
-                model, clip, count, threshold, work, batched)
-        print(f"{count} sources: batched {row['batched']['fps']} FPS, separate "
-              f"{row['separate']['fps']} FPS", flush=True)
-        rows.append(row)
+    with contextlib.ExitStack() as stack:
+        served = stack.enter_context(serve(model, work)) if a.triton else None
+        rows = []
+        for count in (int(c) for c in a.counts.split(",")):
+            row: dict[str, Any] = {"sources": count}
+            for batched in (True, False):  # alternated per count: load changes hit both
+                row["batched" if batched else "separate"] = measure(
+                    model, clip, count, threshold, work, batched)
+            if served:
+                row["triton"] = measure(served, clip, count, threshold, work, True)
+            print(f"{count} sources: batched {row['batched']['fps']} FPS, separate "
+                  f"{row['separate']['fps']} FPS"
+                  + (f", Triton {row['triton']['fps']} FPS" if served else ""), flush=True)
+            rows.append(row)
     report = {"preset": a.preset, "frame": a.frame, "frames_per_source": a.frames,
               "threshold": threshold, "rows": rows, "machine": machine_facts(),
+              "triton": TRITON_SETUP if a.triton else None,
               "command": "python benchmarks/scale.py " + shlex.join(sys.argv[1:])}
     write_results(a.out, "scale", report, markdown(report))
+
+
+TRITON_SETUP = ("export-triton --max-batch 8, 1 instance, dynamic batching; PyTriton 0.7's "
+                "tritonserver 2.51, ONNX Runtime in its Python backend, gRPC")
+
+
+@contextlib.contextmanager
+def serve(model: Path, work: Path) -> Iterator[str]:
+    """The model served by the tests' Triton server; yields its triton:// URL."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from triton_support import server_python, triton_server
+
+    if server_python() is None:
+        raise SystemExit("--triton needs the tests' Triton server venv: make triton-server")
+    repo = work / "triton_repo"
+    if not repo.exists():
+        _run(["export-triton", "--onnx", str(model), "-o", str(repo), "--max-batch", "8"],
+             work)
+    with triton_server(repo, "edgeas", nice=0) as server:
+        yield f"triton://{server.grpc}/edgeas"
 
 
 if __name__ == "__main__":

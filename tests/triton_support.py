@@ -49,6 +49,7 @@ class TritonProcess:
     log: Path | None = None
     ports: list[int] = field(default_factory=lambda: free_ports(3))
     proc: subprocess.Popen | None = None
+    nice: int = 19  # the tests' server yields the cores; a benchmark's competes evenly
 
     @property
     def grpc(self) -> str:
@@ -69,7 +70,7 @@ class TritonProcess:
         log = self.log or self.repo.parent / "triton.log"
         handle = log.open("a")
         # its own process group: stop() ends the server and its Python-backend stubs
-        self.proc = subprocess.Popen(["nice", "-n", "19", *cmd], stdout=handle,
+        self.proc = subprocess.Popen(["nice", "-n", str(self.nice), *cmd], stdout=handle,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         handle.close()
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -110,9 +111,9 @@ class TritonProcess:
 
 
 @contextlib.contextmanager
-def triton_server(repo: Path, name: str, plain_name: str | None = None
+def triton_server(repo: Path, name: str, plain_name: str | None = None, nice: int = 19
                   ) -> Iterator[TritonProcess]:
-    server = TritonProcess(repo, name, plain_name)
+    server = TritonProcess(repo, name, plain_name, nice=nice)
     server.start()
     try:
         yield server
