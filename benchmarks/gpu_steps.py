@@ -218,17 +218,19 @@ def pipeline(dry: bool, budget_s: float) -> dict[str, Any]:
 STEPS = {"env": env, "kernel": kernel, "pipeline": pipeline}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=sorted(STEPS))
+def step_main(steps: dict[str, Any], description: str, budget: float) -> None:
+    """The command line of a step script (this one and gpu_torch_steps.py): run one step,
+    write its JSON result, exit 1 when one of its checks failed."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("step", choices=sorted(steps))
     parser.add_argument("--result", type=Path, required=True)
     parser.add_argument("--dry", action="store_true")
-    parser.add_argument("--budget", type=float, default=60.0, help="seconds for the step")
+    parser.add_argument("--budget", type=float, default=budget, help="seconds for the step")
     args = parser.parse_args()
-    result = STEPS[args.step](args.dry, args.budget)
+    result = steps[args.step](args.dry, args.budget)
     args.result.write_text(json.dumps(result, indent=2, default=float) + "\n")
     sys.exit(1 if any(not c["ok"] for c in result["checks"]) else 0)
 
 
 if __name__ == "__main__":
-    main()
+    step_main(STEPS, __doc__.splitlines()[0], 60.0)

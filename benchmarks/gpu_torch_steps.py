@@ -11,9 +11,7 @@ throughput and latency do not depend on the weights, and the lent machine has no
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import sys
 import tempfile
 import time
@@ -196,17 +194,8 @@ def _time(graph, x, cuda: bool) -> dict[str, float]:
 STEPS = {"train": train, "latency": latency}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=sorted(STEPS))
-    parser.add_argument("--result", type=Path, required=True)
-    parser.add_argument("--dry", action="store_true")
-    parser.add_argument("--budget", type=float, default=120.0, help="seconds for the step")
-    args = parser.parse_args()
-    result = STEPS[args.step](args.dry, args.budget)
-    args.result.write_text(json.dumps(result, indent=2, default=float) + "\n")
-    sys.exit(1 if any(not c["ok"] for c in result["checks"]) else 0)
-
-
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gpu_steps import step_main
+
+    step_main(STEPS, __doc__.splitlines()[0], 120.0)
