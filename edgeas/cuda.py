@@ -176,11 +176,12 @@ def _raw_stream(stream: Stream | None) -> Any:
     raise TypeError(f"not a stream of PycudaApi: {stream!r}")
 
 
-class _PycudaBuffer:
-    def __init__(self, driver: Any, nbytes: int) -> None:
-        self._driver = driver
-        self._nbytes = int(nbytes)
-        self.raw: Any = driver.mem_alloc(self._nbytes)
+class BufferBase:
+    """What every layer's device buffer shares: its size, its raw allocation (None once
+    freed) and the device pointer; the copies and the free are the layer's own."""
+
+    _nbytes: int
+    raw: Any
 
     @property
     def nbytes(self) -> int:
@@ -194,6 +195,13 @@ class _PycudaBuffer:
     @property
     def ptr(self) -> int:
         return int(self._live())
+
+
+class _PycudaBuffer(BufferBase):
+    def __init__(self, driver: Any, nbytes: int) -> None:
+        self._driver = driver
+        self._nbytes = int(nbytes)
+        self.raw = driver.mem_alloc(self._nbytes)
 
     def copy_from_host(self, host: np.ndarray, stream: Stream | None = None) -> None:
         _check_size(host, self._nbytes, "copy to the device")

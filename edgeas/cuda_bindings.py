@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from edgeas.cuda import NVRTC_HINT, _check_size, _first_line
+from edgeas.cuda import NVRTC_HINT, BufferBase, _check_size, _first_line
 from edgeas.errors import DependencyError, require
 
 if TYPE_CHECKING:
@@ -145,23 +145,10 @@ def _raw_stream(api: CudaBindingsApi, stream: Any) -> Any:
     return stream._live()
 
 
-class _Buffer:
+class _Buffer(BufferBase):
     def __init__(self, api: CudaBindingsApi, nbytes: int) -> None:
         self._api, self._nbytes = api, int(nbytes)
-        self.raw: Any = api.call(api.driver.cuMemAlloc, max(1, self._nbytes))
-
-    @property
-    def nbytes(self) -> int:
-        return self._nbytes
-
-    def _live(self) -> Any:
-        if self.raw is None:
-            raise RuntimeError("this device buffer was freed")
-        return self.raw
-
-    @property
-    def ptr(self) -> int:
-        return int(self._live())
+        self.raw = api.call(api.driver.cuMemAlloc, max(1, self._nbytes))
 
     def copy_from_host(self, host: np.ndarray, stream: Any = None) -> None:
         _check_size(host, self._nbytes, "copy to the device")
