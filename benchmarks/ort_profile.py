@@ -47,21 +47,12 @@ def is_integer_op(op: str) -> bool:
 
 
 def profiled_session(path: Path, trace_dir: Path):
-    import onnxruntime as ort
+    """The station's session (edgeas.ort.open_session, 2 intra-op / 1 inter-op threads,
+    the same optimisers) with ONNX Runtime's profiler on."""
+    from edgeas.ort import open_session
 
-    from edgeas.ort import DISABLED_OPTIMIZERS_KEY, QUIET, disabled_optimizers
-
-    options = ort.SessionOptions()
-    options.log_severity_level = QUIET
-    options.intra_op_num_threads = THREADS
-    options.inter_op_num_threads = 1
-    options.enable_profiling = True
-    options.profile_file_prefix = str(trace_dir / path.stem)
-    disabled = disabled_optimizers(str(path))
-    if disabled:  # as the station's session: the same optimisers off
-        options.add_session_config_entry(DISABLED_OPTIMIZERS_KEY, ",".join(disabled))
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=list(disabled) or None)
+    return open_session(path, threads=THREADS, inter_threads=1,
+                        profile_prefix=str(trace_dir / path.stem))
 
 
 def node_events(trace: list[dict[str, Any]], warmup: int) -> tuple[list[dict], int]:

@@ -42,12 +42,14 @@ def open_session(
     inter_threads: int | None = None,
     quiet: bool = True,
     extra: str = "runtime",
+    profile_prefix: str | None = None,
 ):
     """An `onnxruntime.InferenceSession` on serialized model bytes or a model file.
 
     `threads`/`inter_threads` set the intra/inter-op thread counts (ONNX Runtime's own
     choice when None); `quiet` keeps ONNX Runtime's warnings out of the log; `extra`
-    names the edgeas extra whose install a missing onnxruntime asks for.
+    names the edgeas extra whose install a missing onnxruntime asks for;
+    `profile_prefix` turns on ONNX Runtime's profiler, its trace file named from it.
     """
     ort = require("onnxruntime", "onnxruntime", extra)
     options = ort.SessionOptions()
@@ -57,6 +59,9 @@ def open_session(
         options.intra_op_num_threads = int(threads)
     if inter_threads:
         options.inter_op_num_threads = int(inter_threads)
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     disabled = disabled_optimizers(model)
     if disabled:
         options.add_session_config_entry(DISABLED_OPTIMIZERS_KEY, ",".join(disabled))
