@@ -41,6 +41,18 @@ class GateResult:
         return not self.failures
 
 
+def outputs_with_map(session, images: np.ndarray, outputs: Sequence[str],
+                     size: tuple[int, ...], setting: tuple) -> dict[str, np.ndarray]:
+    """Every output of `session` on `images` plus MAP, the anomaly map in the record's
+    aggregation setting at model resolution; NaN/inf pass through (the callers count
+    them) without numpy's warnings."""
+    out = run(session, images)
+    levels = [out[name][:, 0] for name in outputs]
+    with np.errstate(invalid="ignore", over="ignore"):
+        out[MAP] = aggregate_batch(levels, size, *setting)
+    return out
+
+
 class Gate:
     """Accumulates agreement per variant and image set, and maps for the metrics."""
 
@@ -60,10 +72,7 @@ class Gate:
         self.classes: list[str] = []
 
     def _run(self, model: str, session, images: np.ndarray, which: str) -> dict[str, np.ndarray]:
-        out = run(session, images)
-        levels = [out[name][:, 0] for name in self.outputs]
-        with np.errstate(invalid="ignore", over="ignore"):  # non-finite maps are counted
-            out[MAP] = aggregate_batch(levels, self.size, *self.setting)
+        out = outputs_with_map(session, images, self.outputs, self.size, self.setting)
         counts = self.nonfinite[model][which]
         for key in [*self.outputs, MAP]:
             bad = int(np.sum(~np.isfinite(out[key].reshape(len(images), -1)).all(axis=1)))

@@ -18,13 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from edgeas.aggregate import aggregate_batch
+from edgeas.calibration.gate import MAP, outputs_with_map
 from edgeas.metrics import evaluate
-from edgeas.ort import cosine_per_image, run
+from edgeas.ort import cosine_per_image
 from edgeas.postprocess import record_setting
 from edgeas.record import ModelRecord
 
-MAP = "anomaly_map"
 METRICS = ("pixel_ap", "dsc", "pixel_auroc", "image_auroc")
 CHUNK = 8
 
@@ -132,10 +131,8 @@ class Reference:
     def _outputs(self, session, images: np.ndarray) -> dict[str, np.ndarray]:
         parts: dict[str, list[np.ndarray]] = {}
         for s in range(0, len(images), CHUNK):
-            out = run(session, images[s : s + CHUNK])
-            levels = [out[name][:, 0] for name in self.outputs]
-            with np.errstate(invalid="ignore", over="ignore"):
-                out[MAP] = aggregate_batch(levels, self.size, *self.setting)
+            out = outputs_with_map(session, images[s : s + CHUNK], self.outputs, self.size,
+                                   self.setting)
             for key in [*self.outputs, MAP]:
                 parts.setdefault(key, []).append(out[key])
             if self.advance is not None:
