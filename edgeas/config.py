@@ -113,6 +113,16 @@ class ThresholdConfig:
 
 
 @dataclass
+class DecisionConfig:
+    # what the OK/NG decision is taken on: "map" (the aggregated UniAS map) or "knn" (a
+    # nearest-neighbour head on the frozen backbone, fitted after training;
+    # edgeas.decision_head says why)
+    head: str = "map"
+    coreset: float = 0.01  # fraction of the training patches kept in the memory bank
+    sigma: float = 4.0  # Gaussian on the head's map, input pixels
+
+
+@dataclass
 class EdgeasConfig:
     preset: str | None = None
     input_size: list[int] = field(default_factory=lambda: [224, 224])
@@ -121,6 +131,7 @@ class EdgeasConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -396,6 +407,27 @@ def validate(cfg: EdgeasConfig, source: str) -> None:
     if cfg.threshold.min_area < 0:
         raise ConfigError(f"{source}: threshold.min_area must be >= 0, got "
                           f"{cfg.threshold.min_area}")
+    d = cfg.decision
+    if d.head not in DECISION_HEADS:
+        raise _did_you_mean_head(d.head, source)
+    if not 0 < d.coreset <= 1:
+        raise ConfigError(f"{source}: decision.coreset must be in (0, 1], got {d.coreset}",
+                          hint="e.g. 0.01: one training patch in a hundred")
+    if not 0 <= d.sigma <= 32:
+        raise ConfigError(f"{source}: decision.sigma must be in [0, 32] input pixels, got "
+                          f"{d.sigma}")
+
+
+DECISION_HEADS = ("map", "knn")
+
+
+def _did_you_mean_head(value: str, source: str) -> ConfigError:
+    import difflib
+
+    close = difflib.get_close_matches(str(value), DECISION_HEADS, n=1)
+    return ConfigError(f"{source}: decision.head {value!r} is not one of "
+                       f"{', '.join(DECISION_HEADS)}",
+                       hint=f"did you mean '{close[0]}'?" if close else "map or knn")
 
 
 def save_config(cfg: EdgeasConfig, path: str | Path) -> None:

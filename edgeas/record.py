@@ -1,8 +1,9 @@
 """The one model record that travels checkpoint -> ONNX -> engine sidecar -> runtime.
 
 A `ModelRecord` is frozen and typed. Its sections:
-- `model`: preset, backbone, the levels (name, stride, output tensor), classes and
-  the data fingerprint;
+- `model`: preset, backbone, the levels (name, stride, output tensor), the optional
+  decision head (`DecisionHead`: the graph output whose map the OK/NG decision is taken
+  on instead of the aggregated map), classes and the data fingerprint;
 - `preprocessing`: the recipe (`edgeas.preprocess.Recipe`);
 - `postprocess`: aggregation (mode, per-level smoothing `blur`, level set), threshold,
   min_area;
@@ -36,7 +37,8 @@ from typing import Any
 from edgeas import __version__
 from edgeas.preprocess import Recipe
 
-SCHEMA = 2
+SCHEMA = 3  # the newest this edgeas reads; 3 = a record with a decision head
+BASE_SCHEMA = 2  # what a record without a decision head is written as (older readers)
 ONNX_KEY = "edgeas"  # the ONNX metadata_props key holding the record as one JSON value
 STAGES = ("train", "export", "calibration", "engine")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -99,16 +101,45 @@ class Level:
 
 
 @dataclass(frozen=True)
+class DecisionHead:
+    """A second map the OK/NG decision is taken on (edgeas.decision_head).
+
+    `knn`: the distance of each patch of the frozen backbone's features (res3 and res4,
+    3x3 averaged, at res3's grid) to its nearest neighbour in a memory bank of the
+    training images' patches, a graph output of its own. Its map is that grid resized
+    to the input (half-pixel bilinear) and smoothed by a Gaussian of `sigma` input
+    pixels; the threshold, min_area and decision rule apply to it, while the aggregated
+    UniAS map stays the heat map that shows where.
+    """
+
+    kind: str  # "knn"
+    output: str  # the graph output holding the (N, 1, h, w) distance grid
+    stride: int  # input pixels per grid cell
+    sigma: float  # Gaussian on the map at input size, input pixels
+    bank: int = 0  # memory bank entries (for the record; the bank itself is in the graph)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "output": self.output, "stride": self.stride,
+                "sigma": self.sigma, "bank": self.bank}
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     preset: str | None
     backbone: str
     levels: tuple[Level, ...]
     classes: tuple[str, ...] = ()
     data_fingerprint: str | None = None
+    head: DecisionHead | None = None
 
     @property
     def outputs(self) -> tuple[str, ...]:
-        """The level outputs of the graph, res1 first."""
+        """The graph outputs a runtime fetches: the levels, res1 first, then the
+        decision head's output when the model has one."""
+        return self.level_outputs + ((self.head.output,) if self.head else ())
+
+    @property
+    def level_outputs(self) -> tuple[str, ...]:
         return tuple(level.output for level in self.levels)
 
     @property
@@ -225,7 +256,7 @@ class ModelRecord:
         m, post = self.model, self.postprocess
         out: dict[str, Any] = dict(thaw(self.extra))
         out.update(
-            schema=SCHEMA,
+            schema=SCHEMA if m.head is not None else BASE_SCHEMA,
             edgeas_version=self.edgeas_version,
             preset=m.preset,
             backbone=m.backbone,
@@ -241,6 +272,8 @@ class ModelRecord:
             data_fingerprint=m.data_fingerprint,
             precision=self.precision,
         )
+        if m.head is not None:
+            out["decision_head"] = m.head.to_json()
         for name in ("train", "export", "calibration"):
             out.update(thaw(getattr(self, name) or {}))
         if self.engine is not None:
@@ -281,12 +314,13 @@ def new_record(
     classes: list[str],
     data_fingerprint: str | None,
     config: Mapping[str, Any],
+    head: DecisionHead | None = None,
 ) -> ModelRecord:
     """The record of a freshly trained, imported or randomly initialised model: the one
     constructor (training, `import-official` and `export --random-init` all call it)."""
     record = ModelRecord(
         model=ModelInfo(preset, str(backbone), level_records(strides), tuple(classes),
-                        data_fingerprint),
+                        data_fingerprint, head),
         preprocessing=recipe,
         postprocess=postprocess,
         train=freeze({"config_sha256": config_hash(config)}),
@@ -296,6 +330,7 @@ def new_record(
 
 
 __all__ = [
-    "ONNX_KEY", "SCHEMA", "STAGES", "STAGE_KEYS", "Aggregation", "Level", "ModelInfo",
+    "ONNX_KEY", "SCHEMA", "STAGES", "STAGE_KEYS", "Aggregation", "DecisionHead", "Level",
+    "ModelInfo",
     "ModelRecord", "PostProcessing", "Threshold", "config_hash", "new_record", "thaw",
 ]

@@ -21,6 +21,7 @@ from edgeas.record import (
     SCHEMA,
     STAGE_KEYS,
     Aggregation,
+    DecisionHead,
     Level,
     ModelInfo,
     ModelRecord,
@@ -68,6 +69,31 @@ def _levels(value: Any, source: str) -> tuple[Level, ...]:
         out.append(Level(str(lv["name"]), _number(lv["stride"], source, f"levels[{i}].stride",
                                                   int), str(lv["output"])))
     return tuple(out)
+
+
+HEAD_KINDS = ("knn",)
+
+
+def _head(value: Any, levels: tuple[Level, ...], source: str) -> DecisionHead | None:
+    """The optional `decision_head` object (schema 3)."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not {"kind", "output", "stride", "sigma"} <= set(value):
+        raise _fail(source, "key 'decision_head' must be an object with kind, output, stride "
+                            f"and sigma, got {value!r}")
+    kind = str(value["kind"])
+    if kind not in HEAD_KINDS:
+        raise _fail(source, f"decision_head.kind {kind!r} is not one of {', '.join(HEAD_KINDS)}")
+    output = str(value["output"])
+    if output in {lv.output for lv in levels}:
+        raise _fail(source, f"decision_head.output {output!r} is also a level's output")
+    stride = _number(value["stride"], source, "decision_head.stride", int)
+    sigma = _number(value["sigma"], source, "decision_head.sigma")
+    bank = _number(value.get("bank", 0), source, "decision_head.bank", int)
+    if stride < 1 or sigma < 0 or bank < 0:
+        raise _fail(source, "decision_head needs stride >= 1, sigma >= 0 and bank >= 0, got "
+                            f"{stride}, {sigma} and {bank}")
+    return DecisionHead(kind, output, stride, sigma, bank)
 
 
 def _recipe(data: Mapping[str, Any], source: str) -> Recipe:
@@ -195,6 +221,7 @@ def parse_record(data: Any, source: str) -> ModelRecord:
         levels=levels,
         classes=tuple(str(c) for c in classes),
         data_fingerprint=data.get("data_fingerprint"),
+        head=_head(data.get("decision_head"), levels, source),
     )
     stages: dict[str, Any] = {}
     engine_file = ENGINE_MARK in data
@@ -205,7 +232,7 @@ def parse_record(data: Any, source: str) -> ModelRecord:
         if name == "engine" and engine_file:
             part["calibration"] = data.get("calibration")
         stages[name] = freeze(part) if part else None
-    known = set(CORE_KEYS) | {k for keys in STAGE_KEYS.values() for k in keys}
+    known = set(CORE_KEYS) | {"decision_head"} | {k for keys in STAGE_KEYS.values() for k in keys}
     extra = {k: v for k, v in data.items() if k not in known}
     return ModelRecord(
         model=info,

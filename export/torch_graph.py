@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from edgeas.interp import gaussian_kernel1d
 
 DIST_OUTPUTS = ("dist_res1", "dist_res2", "dist_res3", "dist_res4")
+HEAD_OUTPUT = "knn_dist"  # the decision head's distance grid (edgeas.decision_head)
 MAP_OUTPUTS = ("anomaly_map", "score")
 
 
@@ -102,7 +103,8 @@ class ReferenceAggregation(nn.Module):
 
 
 class ExportGraph(nn.Module):
-    """image (N,3,H,W) -> dist_res1..4 (N,1,h,w) [, anomaly_map (N,1,H,W), score (N,)]."""
+    """image (N,3,H,W) -> dist_res1..4 (N,1,h,w) [, knn_dist (N,1,h3,w3) when the model
+    has a decision head] [, anomaly_map (N,1,H,W), score (N,)]."""
 
     def __init__(self, model: nn.Module, with_map: bool, blur: Sequence | None = None,
                  use: Sequence[int] | None = None) -> None:
@@ -121,7 +123,8 @@ class ExportGraph(nn.Module):
 
     @property
     def output_names(self) -> list[str]:
-        return list(DIST_OUTPUTS) + (list(MAP_OUTPUTS) if self.post is not None else [])
+        head = [HEAD_OUTPUT] if getattr(self.model, "knn", None) is not None else []
+        return list(DIST_OUTPUTS) + head + (list(MAP_OUTPUTS) if self.post is not None else [])
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         # UniAS.forward / UniASDecoder.forward, with the blur expressed as ExportBlur;
@@ -131,10 +134,11 @@ class ExportGraph(nn.Module):
         inputs = [torch.cat([t, f - t], dim=1) for f, t in zip(feats, targets)]
         out = self.model.decoder.decode(targets, inputs)
         dists = [d[:, None] for d in out.dists]
+        head = () if self.model.knn is None else (self.model.knn(feats)[:, None],)
         if self.post is None:
-            return tuple(dists)
+            return (*dists, *head)
         amap, score = self.post(dists)
-        return (*dists, amap, score)
+        return (*dists, *head, amap, score)
 
 
 def reference_outputs(
@@ -145,8 +149,11 @@ def reference_outputs(
     model.eval()
     with torch.no_grad():
         x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-        dists = [d[:, None] for d in model(x).dists]
+        result = model(x)
+        dists = [d[:, None] for d in result.dists]
         out = {name: d.numpy() for name, d in zip(DIST_OUTPUTS, dists)}
+        if result.knn is not None:
+            out[HEAD_OUTPUT] = result.knn[:, None].numpy()
         if with_map:
             h, w = model.cfg.input_size
             from edgeas.postprocess import OFFICIAL_BLUR

@@ -10,7 +10,7 @@ import pytest
 from edgeas.errors import ArtifactError
 from edgeas.postprocess import OFFICIAL_BLUR, make_threshold, postprocessing
 from edgeas.preprocess import LITE_MEAN, LITE_STD, Recipe
-from edgeas.record import SCHEMA, ModelRecord, config_hash, new_record
+from edgeas.record import BASE_SCHEMA, SCHEMA, ModelRecord, config_hash, new_record
 
 # A checkpoint's metadata exactly as edgeas 0.1.0 (schema 1) wrote it.
 SCHEMA1_CHECKPOINT = {
@@ -43,7 +43,7 @@ def test_new_record_is_typed_frozen_and_round_trips():
     assert rec.threshold.value == 0.5 and rec.threshold.param == 0.999 and rec.min_area == 3
     assert rec.train["config_sha256"] == config_hash({"preset": "tiny"})
     data = rec.to_json()
-    assert data["schema"] == SCHEMA
+    assert data["schema"] == BASE_SCHEMA
     assert json.loads(json.dumps(data)) == data  # plain JSON values only
     assert ModelRecord.from_json(data, "x") == rec
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -93,7 +93,7 @@ def test_schema1_files_migrate_with_their_defaults_filled_in_once():
     assert rec.precision == "fp32" and rec.aggregation.blur == OFFICIAL_BLUR
     assert (rec.threshold.policy, rec.threshold.param, rec.threshold.mode) == (
         "quantile", 0.999, "fused")
-    assert rec.to_json()["schema"] == SCHEMA
+    assert rec.to_json()["schema"] == BASE_SCHEMA
 
 
 def test_the_aggregation_setting_round_trips_and_an_empty_blur_means_its_schema_s_meaning():

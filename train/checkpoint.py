@@ -60,7 +60,7 @@ def model_record(cfg, model, classes: list[str], fingerprint: str | None, thresh
     """The ModelRecord of a trained, imported or untrained model; `threshold` None = unset
     (policy, parameter and mode taken from the config)."""
     from edgeas.postprocess import make_threshold, postprocessing
-    from edgeas.record import new_record
+    from edgeas.record import DecisionHead, new_record
 
     if threshold is None:
         threshold = make_threshold(None, cfg.threshold.policy, cfg.threshold.param,
@@ -76,6 +76,9 @@ def model_record(cfg, model, classes: list[str], fingerprint: str | None, thresh
         classes=list(classes),
         data_fingerprint=fingerprint,
         config=cfg.to_dict(),
+        head=None if getattr(model, "knn", None) is None else DecisionHead(
+            "knn", "knn_dist", model.head_stride, float(cfg.decision.sigma),
+            int(model.knn.bank.shape[0])),
     )
 
 
@@ -95,6 +98,8 @@ def model_from_checkpoint(data: dict[str, Any], source: str = "checkpoint"):
     # Weights come from the checkpoint, including the backbone's: no weight file needed.
     model = build_model(cfg, pretrained=False)
     state = data["model"]
+    if "knn.bank" in state:  # a decision head: its bank's size is the checkpoint's
+        model.attach_bank(torch.zeros_like(state["knn.bank"]))
     own = model.state_dict()
     bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if bad:

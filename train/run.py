@@ -31,7 +31,7 @@ def fit_thresholds(cfg: EdgeasConfig, model, val_set, device):
 
     from edgeas.postprocess import config_setting, make_threshold
     from edgeas.thresholds import fit_threshold
-    from edgeas.train.inference import aggregate_maps, predict_level_maps
+    from edgeas.train.inference import decision_maps, predict_maps
 
     t, mode = cfg.threshold, cfg.aggregation.mode
     setting = {"min_area": t.min_area, "margin": t.margin}
@@ -41,9 +41,9 @@ def fit_thresholds(cfg: EdgeasConfig, model, val_set, device):
             "(the runtime will then require --threshold)"
         )
         return make_threshold(None, t.policy, t.param, mode, images=0, **setting)
-    levels = predict_level_maps(model, val_set, batch=8, device=device)
-    maps = aggregate_maps(levels, tuple(cfg.input_size), mode,
-                          *config_setting(cfg.aggregation))
+    levels, grids = predict_maps(model, val_set, batch=8, device=device)
+    maps = decision_maps(levels, grids, tuple(cfg.input_size), mode,
+                         *config_setting(cfg.aggregation), cfg.decision.sigma)
     fit = fit_threshold(maps, t.policy, t.param, **setting)
     classes = np.array([s.cls for s in val_set.samples])
     per_class, short = {}, []
@@ -59,6 +59,34 @@ def fit_thresholds(cfg: EdgeasConfig, model, val_set, device):
                       "rest on too few held-out images to resolve the target")
     return make_threshold(fit.value, t.policy, t.param, mode, images=fit.images,
                           per_class=per_class, **setting)
+
+
+def fit_decision_head(cfg: EdgeasConfig, model, train_set, device) -> None:
+    """The nearest-neighbour decision head: a memory bank of the training images' patches
+    (train/memory_bank.py), from the frozen backbone, attached to `model`."""
+    import time
+
+    import torch
+    from rich.progress import Progress
+
+    from edgeas.train.memory_bank import fit_bank
+
+    def batches():
+        for s in range(0, len(train_set), 8):
+            items = [train_set[i] for i in range(s, min(s + 8, len(train_set)))]
+            yield torch.stack([it[0] for it in items]).to(device)
+
+    t0 = time.perf_counter()
+    model.eval()
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("memory bank: features", total=len(train_set))
+        bank, patches = fit_bank(model.backbone, batches, cfg.decision.coreset, cfg.train.seed,
+                                 lambda n: bar.advance(task, n))
+    model.attach_bank(bank.cpu())
+    model.knn.to(device)
+    console.print(f"decision head: memory bank of {bank.shape[0]} of {patches} training "
+                  f"patches ({cfg.decision.coreset:g} coreset, {bank.shape[1]} channels) in "
+                  f"{time.perf_counter() - t0:.1f} s")
 
 
 def train_command(
@@ -153,6 +181,10 @@ def train_command(
     finally:
         stop.restore()
     if reason != "stopped" and info.is_main:
+        if cfg.decision.head == "knn":
+            fit_decision_head(cfg, model, TrainImages(train_samples, recipe, None,
+                                                      index.classes, seed=cfg.train.seed),
+                              device)
         val_set = TrainImages(val_samples, recipe, None, index.classes, seed=cfg.train.seed)
         threshold = fit_thresholds(cfg, model, val_set, device)
         save("last")

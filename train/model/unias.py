@@ -27,6 +27,7 @@ class UniASOutput:
     recons: list[Tensor]
     targets: list[Tensor]
     dists: list[Tensor]  # (B, h, w)
+    knn: Tensor | None = None  # (B, h3, w3): the decision head's distances, when it has one
 
 
 def distance_map(recon: Tensor, target: Tensor) -> Tensor:
@@ -116,11 +117,29 @@ class UniAS(nn.Module):
         h, w = cfg.input_size
         sizes = [(h // s, w // s) for s in backbone.strides]
         self.decoder = UniASDecoder(cfg.model, list(backbone.channels), sizes, cfg.grid)
+        self.knn: nn.Module | None = None  # the decision head, attached after training
+
+    def attach_bank(self, bank: Tensor) -> None:
+        """Give the model its nearest-neighbour decision head (train/memory_bank.py):
+        `bank` (M, C) normal patches; stored in the state dict as `knn.bank`."""
+        from edgeas.train.memory_bank import NearestPatchHead
+
+        self.knn = NearestPatchHead(bank).to(next(self.decoder.parameters()).device)
+
+    @property
+    def head_stride(self) -> int:
+        from edgeas.train.memory_bank import TAPS
+
+        return int(self.backbone.strides[TAPS[0]])
 
     def forward(self, image: Tensor) -> UniASOutput:
         with torch.no_grad():
             feats = self.backbone(image)
-        return self.decoder(feats)
+        out = self.decoder(feats)
+        if self.knn is not None and not self.training:
+            with torch.no_grad():
+                out.knn = self.knn(feats)
+        return out
 
     def loss(self, out: UniASOutput) -> Tensor:
         return reconstruction_loss(out, self.cfg.model.loss_weight)
