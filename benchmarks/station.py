@@ -123,8 +123,10 @@ def station_calls(events: Path, n_frames: int) -> np.ndarray:
 
 
 def model_maps(backend, images: list[np.ndarray], mode: str) -> list[np.ndarray]:
-    """Anomaly maps at model size of uint8 BGR images, through the exported model."""
+    """The maps the station decides on, at model size, of uint8 BGR images through the
+    exported model: the decision head's when the model has one, else the aggregated map."""
     from edgeas.aggregate import aggregate
+    from edgeas.decision_head import head_map, split_outputs
     from edgeas.postprocess import record_setting
     from edgeas.preprocess import preprocess_bgr
 
@@ -134,8 +136,12 @@ def model_maps(backend, images: list[np.ndarray], mode: str) -> list[np.ndarray]
     step = backend.batch or BATCH  # a static-batch export takes exactly its batch
     for s in range(0, len(images), step):
         batch = np.stack([preprocess_bgr(im, recipe) for im in images[s : s + step]])
-        levels = backend.infer(batch)
+        levels, grids = split_outputs(backend.record, backend.infer(batch))
+        head = backend.record.model.head
         for j in range(len(batch)):
+            if grids is not None:
+                maps.append(head_map(grids[j], recipe.input_size, head.sigma))
+                continue
             amap, _ = aggregate([lv[j] for lv in levels], recipe.input_size, None, mode,
                                 smoothing, use)
             maps.append(amap)

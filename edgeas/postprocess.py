@@ -329,6 +329,10 @@ class Settings:
     mode: str
     smoothing: Smoothing = OFFICIAL_BLUR  # the record's setting: (kernel, sigma) per level
     levels: tuple[int, ...] | None = None  # indices of the levels in the product (None: all)
+    # the decision head's Gaussian sigma when the model decides on its head's map (the
+    # threshold and min_area then apply to that map; edgeas.decision_head), else None
+    head_sigma: float | None = None
+    heat_scale: float | None = None  # the value the heat map is scaled by (None: threshold)
 
 
 def check_class(record: ModelRecord, cls: str, model: str = "the model") -> str:
@@ -392,8 +396,11 @@ def resolve(record: ModelRecord, threshold: float | None = None, min_area: int |
                         "the false-NG rate will differ (refit with `edgeas threshold fit "
                         "--min-area %d`)", fitted.min_area, area, area)
     agg = record.aggregation
+    head = record.model.head
     return Settings(tau, origin, area, mode, agg.blur,
-                    level_indices(agg.levels, record.model.level_names))
+                    level_indices(agg.levels, record.model.level_names),
+                    None if head is None else head.sigma,
+                    None if head is None else head.map_threshold)
 
 
 def record_setting(record: ModelRecord, mode: str | None = None

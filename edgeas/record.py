@@ -117,10 +117,13 @@ class DecisionHead:
     stride: int  # input pixels per grid cell
     sigma: float  # Gaussian on the map at input size, input pixels
     bank: int = 0  # memory bank entries (for the record; the bank itself is in the graph)
+    # the UniAS map's own threshold, fitted like the decision's on the same images: the
+    # scale of the heat map and its outline (None: the map's maximum is the top)
+    map_threshold: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "output": self.output, "stride": self.stride,
-                "sigma": self.sigma, "bank": self.bank}
+                "sigma": self.sigma, "bank": self.bank, "map_threshold": self.map_threshold}
 
 
 @dataclass(frozen=True)

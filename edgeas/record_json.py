@@ -93,7 +93,10 @@ def _head(value: Any, levels: tuple[Level, ...], source: str) -> DecisionHead | 
     if stride < 1 or sigma < 0 or bank < 0:
         raise _fail(source, "decision_head needs stride >= 1, sigma >= 0 and bank >= 0, got "
                             f"{stride}, {sigma} and {bank}")
-    return DecisionHead(kind, output, stride, sigma, bank)
+    map_tau = value.get("map_threshold")
+    if map_tau is not None:
+        map_tau = _tau(map_tau, source, "decision_head.map_threshold")
+    return DecisionHead(kind, output, stride, sigma, bank, map_tau)
 
 
 def _recipe(data: Mapping[str, Any], source: str) -> Recipe:

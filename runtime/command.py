@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
+from edgeas.decision_head import describe as describe_head
 from edgeas.errors import ConfigError
 from edgeas.fileio import atomic_write_text
 from edgeas.postprocess import resolve
@@ -109,6 +110,8 @@ def _run(backend, source, settings, options: StreamOptions) -> dict[str, Any]:
         f"({backend.name}, {backend.device}); threshold {settings.threshold:.5g} "
         f"({settings.threshold_origin}), min_area {settings.min_area}, "
         f"{settings.mode} aggregation"
+        + ("" if settings.head_sigma is None else "; OK/NG decided on "
+           + describe_head(backend.record.model.head))
     )
     # the pipeline closes the sinks (the recording renamed into place or deleted, the
     # event queue drained) before it returns: the summary's counts are final

@@ -39,6 +39,8 @@ import cv2
 import numpy as np
 
 from edgeas.aggregate import aggregate, clean_and_decide, image_score
+from edgeas.decision_head import describe as describe_head
+from edgeas.decision_head import head_map
 from edgeas.errors import ConfigError, DependencyError, EdgeasError, StreamError
 from edgeas.postprocess import Settings, smoothing_name
 from edgeas.runtime.backends import Backend, NoAnswer
@@ -234,11 +236,19 @@ class Pipeline:
         s = lane.settings
         t0 = time.perf_counter()
         model_hw = self.pre.input_hw
+        grid = None
+        if s.head_sigma is not None:  # the last output is the decision head's
+            maps, grid = maps[:-1], maps[-1]
         if self._gpu_agg is not None:
             amap, mask = self._gpu_agg(maps, model_hw, s.threshold, s.smoothing, s.levels)
         else:
             amap, mask = aggregate(maps, model_hw, s.threshold, s.mode, s.smoothing, s.levels)
-        score = image_score(amap)
+        if grid is None:
+            score = image_score(amap)
+        else:  # decided on the head's map; UniAS's map stays the heat map
+            decision = head_map(grid, model_hw, s.head_sigma)
+            score = image_score(decision)
+            mask = (decision >= np.float32(s.threshold)).view(np.uint8)
         mask, is_ng, model_regions = clean_and_decide(mask, s.min_area)
         regions = boxes_to_frame(model_regions, model_hw, frame.shape[:2])
         t1 = time.perf_counter()
@@ -256,7 +266,7 @@ class Pipeline:
                                     interpolation=cv2.INTER_AREA)
                 boxes = boxes_to_frame(model_regions, model_hw, canvas.shape[:2])
             shown = render(canvas, amap, mask, boxes, is_ng, score, s.threshold,
-                           f"{fps:.1f} FPS" if fps else "")
+                           f"{fps:.1f} FPS" if fps else "", s.heat_scale)
         t2 = time.perf_counter()
         if shown is not None:
             self.stats.add("render", t2 - t1)
@@ -297,6 +307,7 @@ class Pipeline:
                           "param": fitted.param if fitted else None,
                           "fitted": fitted.value if fitted else None},
             "min_area": s.min_area,
+            "decision": describe_head(record.model.head if record is not None else None),
             "aggregation": {"mode": s.mode + (" (gpu)" if self._gpu_agg else ""),
                             "smoothing": smoothing_name(s.smoothing), "levels": levels},
         }

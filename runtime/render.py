@@ -86,13 +86,17 @@ def render(
     score: float,
     threshold: float | None,
     status: str = "",
+    heat_scale: float | None = None,
 ) -> np.ndarray:
     """A new annotated BGR image of the frame's size (the frame itself is not modified).
-    `anomaly_map` and `mask` at model (or frame) size, `regions` in frame pixels."""
+    `anomaly_map` and `mask` at model (or frame) size, `regions` in frame pixels;
+    `heat_scale`: the map's value drawn mid-range when it is not `threshold` (a model
+    whose decision head decides: the map shown is UniAS's, the threshold the head's)."""
     out = as_bgr(frame)
     if anomaly_map.shape != out.shape[:2]:
         anomaly_map = cv2.resize(anomaly_map, (out.shape[1], out.shape[0]))
-    cv2.addWeighted(heat(anomaly_map, threshold), HEAT_ALPHA, out, 1 - HEAT_ALPHA, 0, dst=out)
+    scale = threshold if heat_scale is None else heat_scale
+    cv2.addWeighted(heat(anomaly_map, scale), HEAT_ALPHA, out, 1 - HEAT_ALPHA, 0, dst=out)
     if mask is not None and mask.any():
         shown = mask_to_frame(mask.astype(np.uint8, copy=False), out.shape[:2])
         contours, _ = cv2.findContours(shown, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)

@@ -78,7 +78,7 @@ def model_record(cfg, model, classes: list[str], fingerprint: str | None, thresh
         config=cfg.to_dict(),
         head=None if getattr(model, "knn", None) is None else DecisionHead(
             "knn", "knn_dist", model.head_stride, float(cfg.decision.sigma),
-            int(model.knn.bank.shape[0])),
+            int(model.knn.bank.shape[0]), getattr(model.knn, "map_threshold", None)),
     )
 
 

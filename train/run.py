@@ -31,7 +31,7 @@ def fit_thresholds(cfg: EdgeasConfig, model, val_set, device):
 
     from edgeas.postprocess import config_setting, make_threshold
     from edgeas.thresholds import fit_threshold
-    from edgeas.train.inference import decision_maps, predict_maps
+    from edgeas.train.inference import aggregate_maps, decision_maps, predict_maps
 
     t, mode = cfg.threshold, cfg.aggregation.mode
     setting = {"min_area": t.min_area, "margin": t.margin}
@@ -45,6 +45,9 @@ def fit_thresholds(cfg: EdgeasConfig, model, val_set, device):
     maps = decision_maps(levels, grids, tuple(cfg.input_size), mode,
                          *config_setting(cfg.aggregation), cfg.decision.sigma)
     fit = fit_threshold(maps, t.policy, t.param, **setting)
+    if grids is not None:  # UniAS's own map: the heat map's scale (DecisionHead.map_threshold)
+        own = aggregate_maps(levels, tuple(cfg.input_size), mode, *config_setting(cfg.aggregation))
+        model.knn.map_threshold = fit_threshold(own, t.policy, t.param, **setting).value
     classes = np.array([s.cls for s in val_set.samples])
     per_class, short = {}, []
     for cls in dict.fromkeys(classes.tolist()):
