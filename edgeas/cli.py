@@ -96,6 +96,23 @@ def train(
     train_command(config, data, out, epochs=epochs, batch=batch, resume=resume, max_steps=max_steps)
 
 
+@app.command("fit-head")
+def fit_head(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A trained edgeas checkpoint."),
+    data: Path = typer.Option(..., "--data", help="The data set it was trained on."),
+    out: Path | None = typer.Option(None, "--out", "-o",
+                                    help="New checkpoint (default: CHECKPOINT.knn.pt)."),
+    coreset: float | None = typer.Option(None, help="Fraction of training patches kept "
+                                                    "(default: decision.coreset, 0.01)."),
+    sigma: float | None = typer.Option(None, help="Gaussian on the head's map, input px."),
+) -> None:
+    """Add the nearest-neighbour decision head to a trained model (no retraining) and refit
+    its threshold on the head's maps of the held-out normal images."""
+    from edgeas.train.head_fit import fit_head_command
+
+    fit_head_command(checkpoint, data, out, coreset, sigma)
+
+
 @app.command("eval")
 def eval_(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="edgeas checkpoint (.pt)."),

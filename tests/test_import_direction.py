@@ -28,6 +28,7 @@ CORE_REACHES = {
     ("edgeas.cli", "edgeas.train.clip"): "the CLI dispatches `edgeas synth-clip`",
     ("edgeas.cli", "edgeas.train.run"): "the CLI dispatches `edgeas train`",
     ("edgeas.cli", "edgeas.train.evaluate"): "the CLI dispatches `edgeas eval`",
+    ("edgeas.cli", "edgeas.train.head_fit"): "the CLI dispatches `edgeas fit-head`",
     ("edgeas.cli", "edgeas.train.conformance"): "the CLI dispatches `edgeas conformance`",
     ("edgeas.cli", "edgeas.train.official"): "the CLI dispatches `edgeas import-official`",
     ("edgeas.cli", "edgeas.export.command"): "the CLI dispatches `edgeas export`",

@@ -72,17 +72,16 @@ class NearestPatchHead(nn.Module):
     def __init__(self, bank: Tensor, taps: Sequence[int] = TAPS) -> None:
         super().__init__()
         self.taps = tuple(int(t) for t in taps)
-        bank = bank.detach().float().contiguous()
-        self.register_buffer("bank", bank)
-        # constants of the graph: the bank transposed and its squared norms
-        self.register_buffer("bank_t", bank.t().contiguous(), persistent=False)
-        self.register_buffer("bank_sq", (bank * bank).sum(dim=1), persistent=False)
+        self.register_buffer("bank", bank.detach().float().contiguous())
 
     def forward(self, feats: Sequence[Tensor]) -> Tensor:
         f = patch_features(feats, self.taps)
         n, c, h, w = f.shape
         x = f.flatten(2).transpose(1, 2)  # (N, hw, C)
-        d2 = (x * x).sum(dim=-1, keepdim=True) - 2 * (x @ self.bank_t) + self.bank_sq
+        # derived from the bank on every call, never cached: a loaded state dict replaces
+        # the bank (the export folds both into constants)
+        bank = self.bank
+        d2 = (x * x).sum(dim=-1, keepdim=True) - 2 * (x @ bank.t()) + (bank * bank).sum(dim=1)
         d = d2.amin(dim=-1).clamp_min(0).sqrt()
         return d.reshape(n, h, w)
 

@@ -153,7 +153,10 @@ class Trainer:
         }
 
     def load_state(self, data: dict[str, Any]) -> None:
-        self.model.load_state_dict(data["model"])
+        # a finished run's decision head is not part of training: it is fitted again at
+        # the end of the resumed run, on the decoder's final state
+        state = {k: v for k, v in data["model"].items() if not k.startswith("knn.")}
+        self.model.load_state_dict(state)
         self.optimizer.load_state_dict(data["optimizer"])
         self.scheduler.load_state_dict(data["scheduler"])
         if data.get("scaler"):
