@@ -32,7 +32,9 @@ def threshold_fit(
     ),
     device: str = typer.Option("auto", help="auto | cpu | gpu (ONNX and engines)."),
 ) -> None:
-    """Refit the threshold on normal images without retraining (old one kept in history)."""
+    """Refit the threshold on normal images without retraining (old one kept in history).
+
+    On the maps the station decides on: a decision head's when the model has one."""
     from edgeas.threshold_fit import FitRequest, threshold_fit_command
 
     threshold_fit_command(model, images, FitRequest(policy, param, min_area, margin, cls),

@@ -2,8 +2,9 @@
 
 Retraining is not needed to move tau: the model runs on the images (an ONNX model or an
 engine through the runtime's backends, no torch; a checkpoint through torch), their maps
-are made in the record's aggregation mode at model resolution (where the station
-decides), the policy fits tau with the decision rule's min_area, and the new record is
+are made at model resolution where the station decides (a decision head's maps when the
+model has one, edgeas.decision_head; else the aggregated maps in the record's mode),
+the policy fits tau with the decision rule's min_area, and the new record is
 written back into the same file (ONNX metadata_props, the engine's sidecar, or the
 checkpoint), atomically. The replaced threshold record goes to `threshold.history`.
 
@@ -27,7 +28,7 @@ from rich.console import Console
 
 from edgeas import postprocess as pp
 from edgeas.artifacts import CHECKPOINT_SUFFIXES, ENGINE_SUFFIXES, read_record, sidecar_path
-from edgeas.errors import ConfigError, DataError
+from edgeas.errors import ConfigError, DataError, ModelOutputError
 from edgeas.record import ModelRecord, Threshold
 
 console = Console(stderr=True, soft_wrap=True)  # a message stays on one line
@@ -112,8 +113,9 @@ def _batches(files: list[Path], recipe, size: int):
         yield np.stack([preprocess_bgr(read_bgr(p, "normal image"), recipe) for p in chunk])
 
 
-def _levels_from_backend(path: Path, record: ModelRecord, files: list[Path],
-                         device: str) -> list[np.ndarray]:
+def _outputs_from_backend(path: Path, record: ModelRecord, files: list[Path],
+                          device: str) -> list[np.ndarray]:
+    """Every output of the model on the images, in `record.model.outputs` order."""
     from edgeas.runtime.backends import open_backend
 
     backend = open_backend(path, device)
@@ -125,35 +127,51 @@ def _levels_from_backend(path: Path, record: ModelRecord, files: list[Path],
     return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
 
 
-def _levels_from_checkpoint(path: Path, record: ModelRecord,
-                            files: list[Path]) -> list[np.ndarray]:
+def _outputs_from_checkpoint(path: Path, record: ModelRecord, files: list[Path]
+                             ) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """(level maps, the decision head's grids or None) of the checkpoint's model: the same
+    forward pass as `edgeas.train.inference.predict_maps` (not imported: the core reaches
+    the training code only through edgeas.train.checkpoint)."""
     import torch
 
     from edgeas.train.checkpoint import load_checkpoint, model_from_checkpoint
 
     _, model = model_from_checkpoint(load_checkpoint(path), str(path))
-    model.eval()
+    model.eval()  # the decision head only runs in eval mode
     chunks: list[list[np.ndarray]] = []
+    grids: list[np.ndarray] = []
     with torch.inference_mode():
         for batch in _batches(files, record.preprocessing, BATCH):
             out = model(torch.from_numpy(batch))
             chunks.append([d.float().numpy() for d in out.dists])
-    return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+            if out.knn is not None:
+                grids.append(out.knn.float().numpy())
+    levels = [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+    return levels, np.concatenate(grids) if grids else None
 
 
 def normal_maps(path: Path, record: ModelRecord, files: list[Path],
                 device: str = "auto") -> np.ndarray:
-    """(N, H, W) maps of the images in the record's aggregation (setting and mode) at
-    model size."""
+    """(N, H, W) maps the station decides on, at model size: the decision head's
+    (edgeas.decision_head) when the model has one, else the maps of the record's
+    aggregation (setting and mode)."""
     from edgeas.aggregate import aggregate_batch
-
-    if path.suffix.lower() in CHECKPOINT_SUFFIXES:
-        levels = _levels_from_checkpoint(path, record, files)
-    else:
-        levels = _levels_from_backend(path, record, files, device)
+    from edgeas.decision_head import head_maps, split_outputs
     from edgeas.postprocess import record_setting
 
-    return aggregate_batch(levels, record.preprocessing.input_size, *record_setting(record))
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        levels, grids = _outputs_from_checkpoint(path, record, files)
+    else:
+        levels, grids = split_outputs(record, _outputs_from_backend(path, record, files, device))
+    size = record.preprocessing.input_size
+    head = record.model.head
+    if head is None:
+        return aggregate_batch(levels, size, *record_setting(record))
+    if grids is None:
+        raise ModelOutputError(f"{path}: the record names a decision head "
+                               f"({head.output}) but the model gave no distance grid",
+                               hint="use the checkpoint or export that the record came with")
+    return head_maps(grids, size, head.sigma)
 
 
 # --------------------------------------------------------------------------- the new record
@@ -232,11 +250,13 @@ def threshold_fit_command(model: Path, images: Path, req: FitRequest,
     written = write_record(model, new)
     old = record.threshold
     before = old.per_class.get(req.cls, old.value) if req.cls else old.value
+    head = record.model.head
+    on = record.aggregation.mode if head is None else f"{head.kind} decision head"
     shown = "unset" if before is None else f"{before:.6g}"
     console.print(
         f"[green]threshold[/]{f' of class {req.cls}' if req.cls else ''}: {shown} -> "
         f"{fit.value:.6g} ({how.policy} {how.param:g}, min_area {how.min_area}, margin "
-        f"{how.margin:g}, {record.aggregation.mode} maps at "
+        f"{how.margin:g}, {on} maps at "
         f"{'x'.join(map(str, record.preprocessing.input_size))}, {fit.images} images of "
         f"{images}); wrote {written}, the old record kept in threshold.history "
         f"({len(new.threshold.history)} in all)")

@@ -161,7 +161,8 @@ def head_model(tmp_path_factory) -> dict:
                      "--max-steps", "3")
     model = root / "model.onnx"
     edgeas("export", "--checkpoint", str(run / "last.pt"), "-o", str(model))
-    return {"root": root, "data": data, "run": run, "model": model, "train_log": trained.stdout}
+    return {"root": root, "data": data, "run": run, "model": model,
+            "train_log": trained.stdout + trained.stderr}
 
 
 def _onnx_outputs(model: Path, images: list[np.ndarray]) -> tuple[ModelRecord, list]:

@@ -8,6 +8,12 @@ false NG). For the model's setting it also measures what the fast `fused` mode c
 against the straightforward `reference`: the pAP difference and the fraction of test
 images whose OK/NG call at the stored threshold is the same (the bar: |difference| <=
 0.2 points, >= 99.5% of images).
+
+For a model with a decision head every figure here is still the UniAS map's own (what
+each setting and mode does to the heat map, and what the map alone would decide): the
+OK/NG call is the head's, which the aggregation does not touch, so the stored threshold
+(in the head's units) is not applied to these maps and `same_decision` is null;
+`decided_on` names the head.
 """
 
 from __future__ import annotations
@@ -57,7 +63,7 @@ def _maps_of(pred: Predictions, record: ModelRecord, pairs, mode: str) -> np.nda
         if mode == "reference":
             return pred.maps
         if mode == pred.decision_mode:
-            return pred.decision_maps
+            return pred.aggregated_maps
     size = tuple(record.preprocessing.input_size)
     return aggregate_maps(pred.levels, size, mode, pairs,
                           level_indices(agg.levels, record.model.level_names))
@@ -68,6 +74,9 @@ def compare_settings(pred: Predictions, record: ModelRecord, threshold: float | 
     """The JSON of aggregation.json (see the module docstring)."""
     from edgeas.postprocess import SMOOTHINGS, smoothing_name
 
+    head = record.model.head
+    # a head's threshold is in its own units: it makes no call on the UniAS maps
+    call_at = threshold if head is None else None
     own = record.aggregation.blur
     own_name = smoothing_name(own)
     settings: dict[str, dict[str, dict[str, float]]] = {}
@@ -77,15 +86,15 @@ def compare_settings(pred: Predictions, record: ModelRecord, threshold: float | 
         settings[name] = {}
         for mode in MODES:
             maps = _maps_of(pred, record, pairs, mode)
-            settings[name][mode], scores = _figures(maps, pred, min_area, threshold)
+            settings[name][mode], scores = _figures(maps, pred, min_area, call_at)
             if name == own_name:
                 own_scores[mode] = scores
     ref, fused = (settings[own_name][m] for m in MODES)
     same = None
-    if threshold is not None:
-        calls = [own_scores[m] >= float(threshold) for m in MODES]
+    if call_at is not None:
+        calls = [own_scores[m] >= float(call_at) for m in MODES]
         same = float(np.mean(calls[0] == calls[1]))
-    return {
+    report = {
         "setting": own_name, "levels": list(record.aggregation.levels),
         "mode": record.aggregation.mode, "threshold": threshold, "min_area": min_area,
         "images": len(pred.classes), "settings": settings,
@@ -95,6 +104,9 @@ def compare_settings(pred: Predictions, record: ModelRecord, threshold: float | 
         },
         "targets": TARGETS,
     }
+    if head is not None:  # a key only then: a model without a head writes what it did
+        report["decided_on"] = {"decision_head": head.kind, "output": head.output}
+    return report
 
 
 def _pct(v: float) -> str:
@@ -104,7 +116,11 @@ def _pct(v: float) -> str:
 def print_settings(report: dict[str, Any], console: Console | None = None) -> None:
     """The settings table and the fused-vs-reference line, as eval prints them."""
     console = console or Console()
-    table = Table(title="aggregation settings (percent; * = the model's setting and mode)")
+    decider = report.get("decided_on")
+    table = Table(title="aggregation settings (percent; * = the model's setting and mode)",
+                  caption=None if decider is None else "the UniAS map's own figures: OK/NG "
+                  f"is decided by the {decider['decision_head']} decision head, which the "
+                  "aggregation does not change")
     table.add_column("smoothing")
     table.add_column("mode")
     for head in HEADS:
@@ -116,8 +132,12 @@ def print_settings(report: dict[str, Any], console: Console | None = None) -> No
     console.print(table)
     check = report["fused_vs_reference"]
     same = check["same_decision"]
-    decided = ("no stored threshold to decide with" if same is None else
-               f"the same OK/NG call on {100 * same:.1f}% of {report['images']} images")
+    if decider is not None:
+        decided = f"OK/NG is the {decider['decision_head']} decision head's call either way"
+    elif same is None:
+        decided = "no stored threshold to decide with"
+    else:
+        decided = f"the same OK/NG call on {100 * same:.1f}% of {report['images']} images"
     console.print(f"fused vs reference ({report['setting']}): pAP "
                   f"{check['pixel_ap_points']:+.2f} points, {decided} (bar: "
                   f"|pAP| <= {TARGETS['pixel_ap_points']}, >= "

@@ -123,9 +123,11 @@ def examples(pred, threshold: float | None, path: Path) -> None:
 
 def decisions(pred, result, threshold: float | None, min_area: int, path: Path) -> None:
     """Image recall vs false-NG rate per class and their mean, from the decision scores of
-    the station's rule (edgeas.decisions); the deployed threshold's point marked on each,
-    the 1% and 5% false-NG targets as dotted lines."""
-    from edgeas.decisions import mean_curve
+    the station's rule (edgeas.decisions) on the decision maps (a decision head's when the
+    model has one); the deployed threshold's point marked on each, the 1% and 5% false-NG
+    targets as dotted lines. With a head, the UniAS map's own mean curve is drawn dashed
+    for comparison (it has no deployed point: the threshold is the head's)."""
+    from edgeas.decisions import decision_report, mean_curve
     from edgeas.train.evaluate import decision_metrics_of
 
     plt = _pyplot()
@@ -145,11 +147,18 @@ def decisions(pred, result, threshold: float | None, min_area: int, path: Path) 
         if not np.isnan(mean["frame_recall"]) and not np.isnan(mean["frame_false_ng"]):
             ax.plot(mean["frame_false_ng"], mean["frame_recall"], "k*", ms=14,
                     label=f"deployed (threshold {threshold:.4g})")
+    if pred.head is not None:
+        alone = decision_report(pred.aggregated_maps, pred.masks, pred.classes, None, min_area,
+                                scores=pred.decision_scores(min_area, aggregated=True))[1]
+        xs, ys = mean_curve(alone)
+        if not np.isnan(ys).all():
+            ax.step(xs, ys, color="0.4", ls="--", where="post", lw=1.6,
+                    label=f"mean, UniAS {pred.decision_mode} map alone")
     for target in (0.01, 0.05):
         ax.axvline(target, color="0.6", ls=":", lw=1)
     ax.set(xlabel="false NG (normal images called NG)",
            ylabel="recall (defective images called NG)", xlim=(-0.01, 1.01), ylim=(0, 1.02),
-           title=f"station decisions, min_area {min_area} ({pred.decision_mode} maps)")
+           title=f"station decisions, min_area {min_area} ({pred.decided_on})")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
