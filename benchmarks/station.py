@@ -7,7 +7,8 @@ against the clip's ground truth (issue 12).
         [--epochs N] [--frame 1280x720] [--start STAGE] [--results benchmarks/results]
 
 Runs the commands of the Makefile's demo target (synth, train, eval, export --precision
-fp16, calibrate, synth-clip, stream with --serve/--events/--record) one after the other
+fp16, commissioning: synth of fresh normal parts, their camera clip, threshold fit on it;
+calibrate, synth-clip, stream with --serve/--events/--record) one after the other
 by subprocess, in --out (default: a temporary folder), and times each (wall and CPU
 seconds of the child, with the load average around it: the host is shared).
 `--start STAGE` reuses the earlier stages' outputs in --out.
@@ -51,7 +52,8 @@ from publish import write_results  # noqa: E402
 from station_report import markdown  # noqa: E402
 from station_scores import auroc, decision_rates, fit_threshold, rates, recall_at, scores  # noqa: E402
 
-STAGES = ("synth", "train", "eval", "export", "calibrate", "clip", "stream")
+STAGES = ("synth", "train", "eval", "export", "commission_data", "commission_clip", "refit",
+          "calibrate", "clip", "stream")
 TARGET = {"recall": 0.95, "false_ng": 0.02, "wall_s": 600.0}
 MIN_AREAS = (0, 16, 64)
 BATCH = 8
@@ -71,6 +73,15 @@ def demo_commands(out: Path, args: argparse.Namespace, serve: str) -> dict[str, 
                  "--out", f"{d}/eval"],
         "export": ["edgeas", "export", "--checkpoint", f"{d}/run/last.pt",
                    "-o", f"{d}/model.onnx", "--precision", "fp16"],
+        # commissioning: fresh normal parts (another seed) through the same camera path,
+        # the threshold refitted on those frames
+        "commission_data": ["edgeas", "synth", f"{d}/commission", "--per-class", "20",
+                            "--seed", "1"],
+        "commission_clip": ["edgeas", "synth-clip", f"{d}/commission", "-o",
+                            f"{d}/commission.mp4", "--split", "train", "--hold", "1"]
+        + (["--frame", args.frame] if args.frame else []) + shlex.split(args.clip_extra),
+        "refit": ["edgeas", "threshold", "fit", "--model", f"{d}/model.onnx", "--images",
+                  f"{d}/commission.mp4"],
         "calibrate": ["edgeas", "calibrate", "--onnx", f"{d}/model.onnx", "--images",
                       f"{d}/data", "--eval-data", f"{d}/data", "-o", f"{d}/model.int8.onnx"],
         "clip": ["edgeas", "synth-clip", f"{d}/data", "-o", *clip],

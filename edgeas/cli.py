@@ -69,12 +69,14 @@ def synth_clip(
     keep_aspect: bool = typer.Option(
         False, "--keep-aspect", help="With --frame: scale the part uniformly to FILL x height."
     ),
+    split: str = typer.Option("test", "--split", help="test: the test images (normal and "
+                              "defective); train: the normal training images only."),
 ) -> None:
     """Make a line-camera video of a data set's test images, with OUT.json naming the defects."""
     from edgeas.train.clip import parse_frame_size, write_clip
 
     size = parse_frame_size(frame) if frame else None
-    doc = write_clip(data, output, fps, hold, seed, limit, size, fill, keep_aspect)
+    doc = write_clip(data, output, fps, hold, seed, limit, size, fill, keep_aspect, split)
     bad = sum(f["defect"] for f in doc["frames"])
     print(f"{output}: {len(doc['frames'])} frames, {bad} with a defect "
           f"(list: {output.with_suffix('.json')})")

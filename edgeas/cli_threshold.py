@@ -14,8 +14,9 @@ threshold_app = typer.Typer(help="Deployment thresholds of a model.", no_args_is
 def threshold_fit(
     model: Path = typer.Option(..., "--model", "-m", help="MODEL.onnx, MODEL.engine or .pt."),
     images: Path = typer.Option(
-        ..., "--images", help="The station's normal images: a folder, or a data set root "
-        "(train/good of every class, or of --class)."
+        ..., "--images", help="The station's normal images: a folder, a data set root "
+        "(train/good of every class, or of --class), or a video of normal parts from the "
+        "station's camera (.mp4, .avi, .mkv, .mov: every frame)."
     ),
     policy: str | None = typer.Option(
         None, "--policy", help="frame_fpr (default) | quantile | max | sigma."

@@ -86,14 +86,46 @@ def settings(record: ModelRecord, req: FitRequest, model: str) -> FitSettings:
 # --------------------------------------------------------------------------- images -> maps
 
 
-def image_files(images: Path, cls: str | None) -> list[Path]:
-    """The normal images: a folder, or a data set root (its CLASS/train/good with --class,
-    every class's train/good otherwise)."""
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v")
+MAX_VIDEO_FRAMES = 10_000
+
+
+def video_frames(video: Path, input_hw) -> list[np.ndarray]:
+    """Every frame of a video of normal parts, resized to the model's input as the station
+    resizes a frame (so a camera's codec and scaling are in the fitted maps)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(video))
+    if not cap.isOpened():
+        raise DataError(f"--images {video}: OpenCV cannot open this video")
+    h, w = int(input_hw[0]), int(input_hw[1])
+    frames = []
+    try:
+        while len(frames) < MAX_VIDEO_FRAMES:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if frame.shape[:2] != (h, w):
+                frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR)
+            frames.append(frame)
+    finally:
+        cap.release()
+    if not frames:
+        raise DataError(f"--images {video}: no frame could be decoded")
+    return frames
+
+
+def image_files(images: Path, cls: str | None, input_hw=None) -> list:
+    """The normal images: a folder, a data set root (its CLASS/train/good with --class,
+    every class's train/good otherwise), or a video of normal parts from the station's
+    camera (its frames, resized to `input_hw` as the station does)."""
     from edgeas.calibimages import normal_images
 
     images = Path(images)
     if not images.exists():
-        raise ConfigError(f"--images {images}: no such folder")
+        raise ConfigError(f"--images {images}: no such folder or video")
+    if images.is_file() and images.suffix.lower() in VIDEO_SUFFIXES and input_hw is not None:
+        return video_frames(images, input_hw)
     folder = images / cls / "train" / "good" if cls is not None else None
     root = folder if folder is not None and folder.is_dir() else images
     try:
@@ -110,7 +142,8 @@ def _batches(files: list[Path], recipe, size: int):
 
     for start in range(0, len(files), size):
         chunk = files[start:start + size]
-        yield np.stack([preprocess_bgr(read_bgr(p, "normal image"), recipe) for p in chunk])
+        yield np.stack([preprocess_bgr(read_bgr(p, "normal image") if isinstance(p, Path)
+                                       else p, recipe) for p in chunk])
 
 
 def _outputs_from_backend(path: Path, record: ModelRecord, files: list[Path],
@@ -240,7 +273,7 @@ def threshold_fit_command(model: Path, images: Path, req: FitRequest,
         raise ConfigError(f"--model {model}: not a checkpoint (.pt), ONNX model or engine")
     record = read_record(model)
     how = settings(record, req, str(model))
-    files = image_files(images, req.cls)
+    files = image_files(images, req.cls, record.preprocessing.input_size)
     maps = normal_maps(model, record, files, device)
     fit = fit_threshold(maps, how.policy, how.param, min_area=how.min_area, margin=how.margin)
     if fit.warning:

@@ -266,3 +266,32 @@ def test_fit_head_gives_a_trained_model_the_same_head_without_retraining(head_mo
     result = edgeas("fit-head", "--checkpoint", str(plain), "--data", str(head_model["data"]),
                     "--out", str(plain), check=False)
     assert result.returncode == 2 and "is the checkpoint itself" in result.stdout + result.stderr
+
+
+def test_commissioning_refits_the_threshold_on_a_camera_clip_of_normal_parts(head_model,
+                                                                             tmp_path):
+    """`synth-clip --split train` films the normal parts only; `threshold fit --images
+    CLIP` fits on its decoded frames, resized as the station resizes them."""
+    import shutil
+
+    from edgeas.artifacts import read_onnx_record
+    from edgeas.thresholds import fit_threshold
+
+    clip = tmp_path / "commission.mp4"
+    edgeas("synth-clip", str(head_model["data"]), "-o", str(clip), "--split", "train",
+           "--hold", "1", "--frame", "320x240")
+    doc = json.loads(clip.with_suffix(".json").read_text())
+    trains = sorted((head_model["data"] / CLASS / "train" / "good").glob("*.png"))
+    assert len(doc["frames"]) == len(trains) and not any(f["defect"] for f in doc["frames"])
+    model = tmp_path / "model.onnx"
+    shutil.copy(head_model["model"], model)
+    edgeas("threshold", "fit", "--model", str(model), "--images", str(clip))
+    record, outs = _onnx_outputs(head_model["model"], video_frames(clip))
+    maps = np.stack([head_map(o[-1], (SIZE, SIZE), record.model.head.sigma) for o in outs])
+    want = fit_threshold(maps, "frame_fpr", 0.01, min_area=16)
+    new = read_onnx_record(model).threshold
+    assert new.value == pytest.approx(want.value, rel=1e-4) and new.images == len(trains)
+    assert new.history[-1]["value"] == pytest.approx(record.threshold.value)
+    bad = edgeas("threshold", "fit", "--model", str(model), "--images",
+                 str(tmp_path / "none.mp4"), check=False)
+    assert bad.returncode != 0 and "none.mp4" in bad.stdout + bad.stderr

@@ -30,16 +30,23 @@ from edgeas.imageio import IMAGE_SUFFIXES, read_bgr
 FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 
 
-def list_test_images(root: Path) -> list[tuple[Path, str, str]]:
-    """(image, class, defect kind or 'good') of every CLASS/test/KIND/* image, sorted."""
+SPLITS = {"test": "*/test/*/*", "train": "*/train/good/*"}
+
+
+def list_test_images(root: Path, split: str = "test") -> list[tuple[Path, str, str]]:
+    """(image, class, defect kind or 'good') of every CLASS/test/KIND/* image, sorted;
+    with split "train" every CLASS/train/good/* image (normal parts only: the clip a
+    station's camera records to fit its threshold on, `edgeas threshold fit`)."""
+    if split not in SPLITS:
+        raise DataError(f"--split {split!r} is not one of {', '.join(SPLITS)}")
     found = []
-    for path in sorted(root.glob("*/test/*/*")):
+    for path in sorted(root.glob(SPLITS[split])):
         if path.suffix.lower() in IMAGE_SUFFIXES:
             found.append((path, path.parents[2].name, path.parent.name))
     if not found:
         raise DataError(
-            f"{root} has no CLASS/test/KIND/ images",
-            hint="make a data set with `edgeas synth DIR` first",
+            f"{root} has no {SPLITS[split].replace('*', 'X').replace('X/', 'CLASS/', 1)} "
+            "images", hint="make a data set with `edgeas synth DIR` first",
         )
     return found
 
@@ -84,7 +91,7 @@ def compose(img: np.ndarray, frame: tuple[int, int], box: tuple[int, int, int, i
 def write_clip(
     data: Path, out: Path, fps: float = 5.0, hold: int = 2, seed: int = 0,
     limit: int | None = None, frame: tuple[int, int] | None = None, fill: float = 1.0,
-    keep_aspect: bool = False,
+    keep_aspect: bool = False, split: str = "test",
 ) -> dict:
     """Write the clip and its frame list; returns the frame list's document.
 
@@ -97,7 +104,7 @@ def write_clip(
         raise DataError(f"--hold must be >= 1 and --fps > 0 (got {hold}, {fps})")
     if not 0 < fill <= 1:
         raise DataError(f"--fill must be in (0, 1], got {fill}")
-    images = list_test_images(data)
+    images = list_test_images(data, split)
     random.Random(seed).shuffle(images)  # classes and defects interleave, as on a line
     images = images[:limit] if limit else images
     source_hw = read_bgr(images[0][0]).shape[:2]
