@@ -17,6 +17,11 @@ paper's recipe (Roth et al., CVPR 2022) with no new framework:
 The same held-out normal images that UniAS's threshold is fitted on (`split_train_val`
 with the run's fraction and seed) stay out of the bank and give this baseline a
 `frame_fpr` threshold of its own, so both rows report the same decision figures.
+
+Steps 1-3 are train/memory_bank.py's (`patch_features`, `greedy_coreset`,
+`nearest_distance`), the one implementation the decision head of `decision.head: knn`
+models is fitted with, so that this baseline measures what such a model ships. Its taps
+here are 1-based (res3 = 3); memory_bank indexes the backbone's levels from 0.
 """
 
 from __future__ import annotations
@@ -32,10 +37,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgeas.train import memory_bank
+from edgeas.train.memory_bank import (  # noqa: F401  (this module's API; tests set _CHUNK)
+    _CHUNK,
+    greedy_coreset,
+    nearest_distance,
+)
+
 DEFAULT_TAPS = (3, 4)  # res3, res4: strides 8 and 16
 SIGMA = 4.0  # the paper's Gaussian on the upsampled score map
-PROJECTION_DIM = 128  # the paper's random projection for the coreset distances
-_CHUNK = 4096  # query rows per distance block: bounds cdist's memory
 
 
 @dataclass
@@ -49,45 +59,10 @@ class Baseline:
 
 def patch_features(backbone: torch.nn.Module, images: torch.Tensor,
                    taps: tuple[int, ...]) -> torch.Tensor:
-    """Locally aware patch features (N, C, h, w) at the finest chosen tap's grid."""
+    """Locally aware patch features (N, C, h, w) at the first chosen tap's grid; `taps`
+    1-based (res1 = 1)."""
     with torch.inference_mode():
-        feats = backbone(images)
-    chosen = [F.avg_pool2d(feats[t - 1], 3, stride=1, padding=1) for t in taps]
-    size = chosen[0].shape[-2:]
-    chosen = [f if f.shape[-2:] == size else
-              F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in chosen]
-    return torch.cat(chosen, dim=1)
-
-
-def greedy_coreset(features: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
-    """Indices of a k-center greedy coreset of `fraction` of the rows: each step adds the
-    row farthest from those chosen so far, distances taken on a random projection."""
-    n = features.shape[0]
-    k = max(1, int(round(n * fraction)))
-    if k >= n:
-        return torch.arange(n)
-    gen = torch.Generator().manual_seed(seed)
-    proj = torch.randn(features.shape[1], PROJECTION_DIM, generator=gen)
-    x = features @ (proj / PROJECTION_DIM**0.5) if features.shape[1] > PROJECTION_DIM \
-        else features
-    # squared distances from the expansion |x - c|^2 = |x|^2 - 2 x.c + |c|^2: one
-    # matrix-vector product per step instead of an (n, d) difference
-    sq = (x * x).sum(dim=1)
-    chosen = torch.empty(k, dtype=torch.long)
-    chosen[0] = int(torch.randint(n, (1,), generator=gen))
-    nearest = sq - 2 * (x @ x[chosen[0]]) + sq[chosen[0]]
-    for i in range(1, k):
-        chosen[i] = j = int(torch.argmax(nearest))
-        nearest = torch.minimum(nearest, sq - 2 * (x @ x[j]) + sq[j])
-    return chosen
-
-
-def nearest_distance(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """Euclidean distance of each query row to its nearest bank row, in blocks."""
-    out = torch.empty(queries.shape[0])
-    for s in range(0, queries.shape[0], _CHUNK):
-        out[s : s + _CHUNK] = torch.cdist(queries[s : s + _CHUNK], bank).min(dim=1).values
-    return out
+        return memory_bank.patch_features(backbone(images), [t - 1 for t in taps])
 
 
 def _gaussian(maps: torch.Tensor, sigma: float) -> torch.Tensor:

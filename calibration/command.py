@@ -9,6 +9,8 @@ model.int8.sensitivity.json (the per-block analysis and the plan, calibration/mi
 one whose INT8 model scores best against FP32 (mixed.choose_methods).
 The models are written before the accuracy gate runs, so that a failed gate leaves them
 for inspection; the exit code says whether they passed.
+A model with a decision head keeps the head's subgraph float in every INT8 file and out
+of the TensorRT cache (quantize.py), and the gate judges its decision map too (gate.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from edgeas.calibration import quantize as qz
 from edgeas.calibration import ranges as rg
 from edgeas.errors import ArtifactError, CalibrationError, ConfigError, require
 from edgeas.fileio import atomic_write_bytes, atomic_write_text
+from edgeas.head_graph import head_tensors
 from edgeas.ort import open_session
 from edgeas.preprocess import Recipe
 from edgeas.record import ModelRecord
@@ -125,9 +128,9 @@ def _calibrate(model, tensors: np.ndarray, method: str) -> dict[str, rg.Ranges]:
 
 
 def _int8_record(model_record: ModelRecord, fmt: str, calibration: dict[str, Any],
-                 plan: mx.sv.Plan | None, keep_float: tuple[str, ...], method: str
-                 ) -> ModelRecord:
-    quantization = qz.describe(fmt)
+                 plan: mx.sv.Plan | None, keep_float: tuple[str, ...], method: str,
+                 head_nodes: int = 0) -> ModelRecord:
+    quantization = qz.describe(fmt, head_nodes)
     if plan is not None and plan.float_nodes:  # nodes left float: which and why
         quantization.update(float_nodes=len(plan.float_nodes), keep_float=list(keep_float),
                             float_blocks=plan.float_blocks)
@@ -165,10 +168,12 @@ def _gate(model_record: ModelRecord, model, written: dict[str, Any], held: np.nd
 
 def _print_table(report: dict[str, Any], model_record: ModelRecord, has_eval: bool) -> None:
     levels = list(model_record.model.level_names)
+    head = model_record.model.head  # its output and its decision map get columns too
+    maps = [*levels, *([head.output] if head else []), "map", *(["decision"] if head else [])]
     table = Table(title="INT8 vs FP32 under ONNX Runtime: worst per-image cosine"
                   + ("; pAP and DSC (change in points)" if has_eval else ""),
                   box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ["model", "images", *levels, "map"] + (["pAP", "DSC"] if has_eval else []):
+    for col in ["model", "images", *maps] + (["pAP", "DSC"] if has_eval else []):
         table.add_column(col, justify="left" if col in ("model", "images") else "right",
                          no_wrap=True)
     for row in gt.table_rows(report, list(model_record.model.outputs)):
@@ -254,6 +259,11 @@ def calibrate_command(onnx_path: Path, images: Path, output: Path,
     except Exception as exc:  # protobuf decode errors have no common base class
         raise ArtifactError(f"{onnx_path}: not a readable ONNX model ({exc})") from exc
     mx.sv.nodes_under(model, opts.keep_float)  # a wrong --keep-float fails before the work
+    head_nodes = qz.float_head(model)  # the decision head's nodes: float in every model
+    if model_record.model.head is not None and not head_nodes:
+        raise ArtifactError(f"{onnx_path}: the record names a decision head output "
+                            f"{model_record.model.head.output!r} that the graph lacks",
+                            hint="export the model again with `edgeas export`")
     by_method = _calibrate(model, tensors[keep], opts.method)
     counted = next(iter(by_method.values())).images
     used = [paths[i] for i in keep[:counted]]
@@ -272,7 +282,7 @@ def calibrate_command(onnx_path: Path, images: Path, output: Path,
         else:
             int8 = plan.model
         set_metadata(int8, _int8_record(model_record, fmt, record, plan, opts.keep_float,
-                                        per_format[fmt].method).to_json())
+                                        per_format[fmt].method, len(head_nodes)).to_json())
         if fmt == "qdq":
             problems = qz.qdq_problems(int8)
             if problems:  # a bug here, not the user's: TensorRT would refuse the file
@@ -284,6 +294,9 @@ def calibrate_command(onnx_path: Path, images: Path, output: Path,
     # TensorRT 10's implicit INT8 runs a layer whose input has no scale in float: the inputs
     # of the nodes the Q/DQ plan keeps float leave the cache, so that both routes agree.
     float_inputs = _float_inputs(model, plans["qdq"].float_nodes if "qdq" in plans else [])
+    # The decision head's own tensors leave it too, so that TensorRT 10 keeps its layers
+    # float; its inputs (backbone features the levels share) keep their scales.
+    float_inputs |= head_tensors(model)
     ranges = per_format["qdq"]  # TensorRT's: the Q/DQ model's ranges
     amax = {k: v for k, v in ranges.amax.items() if k not in float_inputs}
     cache_text, skipped = calibcache.render(amax, opts.trt_version)
@@ -305,7 +318,7 @@ def calibrate_command(onnx_path: Path, images: Path, output: Path,
         "ranges": {"tensors": len(ranges.amax), "method": opts.method,
                    "per_format": {fmt: r.method for fmt, r in per_format.items()}},
         **({"method_choice": notes["method_choice"]} if "method_choice" in notes else {}),
-        "quantization": {fmt: qz.describe(fmt) for fmt in qz.FORMATS},
+        "quantization": {fmt: qz.describe(fmt, len(head_nodes)) for fmt in qz.FORMATS},
         "trt_cache": {"header": calibcache.header(opts.trt_version),
                       "tensors": len(amax) - len(skipped), "left_out": skipped,
                       "left_out_float": sorted(float_inputs & set(ranges.amax))},
@@ -330,10 +343,13 @@ def calibrate_command(onnx_path: Path, images: Path, output: Path,
             )
         console.print(f"[yellow]warning:[/] accuracy gate failed ({reason}); kept by --allow-drop")
     elif opts.eval_data is not None:
+        also = (f"; every decision map's cosine to FP32 is >= {opts.min_cosine:g}"
+                if model_record.model.head else "")
         console.print(f"[green]accuracy gate passed:[/] no variant loses more than "
-                      f"{opts.max_pap_drop:g} pAP point(s) on {opts.eval_data}")
+                      f"{opts.max_pap_drop:g} pAP point(s) on {opts.eval_data}{also}")
     else:
-        console.print(f"[green]accuracy gate passed:[/] every anomaly map's cosine to FP32 is "
+        maps = "anomaly and decision map's" if model_record.model.head else "anomaly map's"
+        console.print(f"[green]accuracy gate passed:[/] every {maps} cosine to FP32 is "
                       f">= {opts.min_cosine:g} on the held-out images (no labelled data given)")
     console.print(f"next: edgeas build-engine --onnx {output} "
                   f"-o {output.with_suffix('.engine')}")

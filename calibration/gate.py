@@ -9,6 +9,12 @@ segmentation is judged on); without one, when the worst anomaly-map cosine is be
 `min_cosine`. Every number is reported either way. A variant (or the FP32 model) whose
 maps hold NaN or inf on any image fails either way, naming the map and the count: its
 cosine is undefined, not 1.
+
+A model with a decision head (edgeas.decision_head): the anomaly map is aggregated from
+the level outputs alone, the head's output is compared like any other output, and its
+decision map (what the OK/NG threshold applies to, `DECISION`) is compared too; a worst
+decision-map cosine below `min_cosine` fails the gate with or without a test split,
+because pAP, measured on the anomaly map, says nothing about the head.
 """
 
 from __future__ import annotations
@@ -21,12 +27,14 @@ from typing import Any
 import numpy as np
 
 from edgeas.aggregate import aggregate_batch
+from edgeas.decision_head import head_maps
 from edgeas.metrics import evaluate
 from edgeas.ort import cosine_per_image, run
 from edgeas.postprocess import record_setting
-from edgeas.record import ModelRecord
+from edgeas.record import DecisionHead, ModelRecord
 
 MAP = "anomaly_map"
+DECISION = "decision_map"  # the decision head's map, where the model has one
 METRICS = ("pixel_ap", "dsc", "pixel_auroc", "image_auroc")
 SETS = ("held_out", "eval")
 
@@ -41,15 +49,26 @@ class GateResult:
         return not self.failures
 
 
-def outputs_with_map(session, images: np.ndarray, outputs: Sequence[str],
-                     size: tuple[int, ...], setting: tuple) -> dict[str, np.ndarray]:
+def compared(record: ModelRecord) -> list[str]:
+    """What the gate and the candidate scoring compare with FP32, in table order: every
+    graph output (the levels, then the decision head's), MAP, and DECISION with a head."""
+    return [*record.model.outputs, MAP, *([DECISION] if record.model.head else [])]
+
+
+def outputs_with_map(session, images: np.ndarray, levels: Sequence[str],
+                     size: tuple[int, ...], setting: tuple,
+                     head: DecisionHead | None = None) -> dict[str, np.ndarray]:
     """Every output of `session` on `images` plus MAP, the anomaly map in the record's
-    aggregation setting at model resolution; NaN/inf pass through (the callers count
-    them) without numpy's warnings."""
+    aggregation setting at model resolution, from the `levels` outputs only (a decision
+    head's output is not a level), and with `head` DECISION, its decision map at model
+    resolution; NaN/inf pass through (the callers count them) without numpy's
+    warnings."""
     out = run(session, images)
-    levels = [out[name][:, 0] for name in outputs]
+    maps = [out[name][:, 0] for name in levels]
     with np.errstate(invalid="ignore", over="ignore"):
-        out[MAP] = aggregate_batch(levels, size, *setting)
+        out[MAP] = aggregate_batch(maps, size, *setting)
+        if head is not None:
+            out[DECISION] = head_maps(out[head.output], size, head.sigma)
     return out
 
 
@@ -58,6 +77,9 @@ class Gate:
 
     def __init__(self, record: ModelRecord, fp32, variants: dict[str, Any]) -> None:
         self.outputs = list(record.model.outputs)
+        self.levels = list(record.model.level_outputs)
+        self.head = record.model.head
+        self.keys = compared(record)
         self.size = tuple(record.preprocessing.input_size)
         self.setting = record_setting(record)  # the station's mode, smoothing, levels
         self.fp32, self.variants = fp32, variants
@@ -72,9 +94,10 @@ class Gate:
         self.classes: list[str] = []
 
     def _run(self, model: str, session, images: np.ndarray, which: str) -> dict[str, np.ndarray]:
-        out = outputs_with_map(session, images, self.outputs, self.size, self.setting)
+        out = outputs_with_map(session, images, self.levels, self.size, self.setting,
+                               self.head)
         counts = self.nonfinite[model][which]
-        for key in [*self.outputs, MAP]:
+        for key in self.keys:
             bad = int(np.sum(~np.isfinite(out[key].reshape(len(images), -1)).all(axis=1)))
             counts[key] = counts.get(key, 0) + bad
         return out
@@ -89,7 +112,7 @@ class Gate:
             self.classes.extend(classes)
         for name, session in self.variants.items():
             got = self._run(name, session, images, which)
-            for key in [*self.outputs, MAP]:
+            for key in self.keys:
                 cos = cosine_per_image(got[key], ref[key])
                 self.cos[name][which].setdefault(key, []).append(cos)
             if masks is not None:
@@ -98,10 +121,11 @@ class Gate:
     def _nonfinite_failure(self, model: str, which: str, images: int) -> str | None:
         """"qdq: the anomaly map is NaN or infinite on 3 of 8 held-out images", or None."""
         counts = self.nonfinite[model][which]
-        key = MAP if counts.get(MAP) else next((k for k in self.outputs if counts.get(k)), None)
+        # the maps first (what a station shows and decides on), then the raw outputs
+        key = next((k for k in [MAP, DECISION, *self.outputs] if counts.get(k)), None)
         if key is None:
             return None
-        what = "the anomaly map" if key == MAP else f"output {key}"
+        what = {MAP: "the anomaly map", DECISION: "the decision map"}.get(key, f"output {key}")
         label = "the FP32 model" if model == "fp32" else model
         return (f"{label}: {what} is NaN or infinite on {counts[key]} of {images} "
                 f"{which.replace('_', '-')} images")
@@ -150,6 +174,15 @@ class Gate:
                 if worst is not None and worst < min_cosine and not self.masks:
                     failures.append(f"{name}: worst anomaly-map cosine {worst:.4f} on the "
                                     f"{which.replace('_', '-')} images is below {min_cosine:g}")
+                if self.head is not None:
+                    entry[which]["nonfinite_decision_images"] = int(
+                        self.nonfinite[name][which].get(DECISION, 0))
+                    worst = entry[which]["cosine_min"][DECISION]
+                    # judged with a test split too: its pAP is the anomaly map's, not the head's
+                    if worst is not None and worst < min_cosine:
+                        failures.append(f"{name}: worst decision-map cosine {worst:.4f} on the "
+                                        f"{which.replace('_', '-')} images is below "
+                                        f"{min_cosine:g}")
             if fp32_metrics is not None and eval_ok[name]:
                 got = self._metrics(name)
                 delta = {k: 100.0 * (got[k] - fp32_metrics[k]) for k in METRICS}
@@ -173,15 +206,18 @@ def _finite_or_none(value: float) -> float | None:
 
 
 def table_rows(report: dict[str, Any], outputs: Sequence[str]) -> list[list[str]]:
-    """Rows of the printed table: variant, images, worst cosine per output, metric deltas."""
+    """Rows of the printed table: variant, images, worst cosine per output (`outputs`: the
+    record's graph outputs), of the anomaly map and of the decision map (with a head),
+    metric deltas."""
     rows = []
     for name, entry in report["variants"].items():
         for which in SETS:
             if which not in entry:
                 continue
             e = entry[which]
+            keys = [*outputs, MAP, *([DECISION] if DECISION in e["cosine_min"] else [])]
             cells = ["NaN/inf" if e["cosine_min"][k] is None else f"{e['cosine_min'][k]:.4f}"
-                     for k in [*outputs, MAP]]
+                     for k in keys]
             metrics = ["", ""]
             if which == "eval" and "metrics" in entry:
                 metrics = [f"{100 * entry['metrics'][k]:.2f} {entry['delta_points'][k]:+.2f}"

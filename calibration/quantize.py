@@ -17,6 +17,12 @@ Two formats from the same ranges:
   Weights use 7 bits (reduce_range): on x86 CPUs without VNNI the uint8 x int8 kernels
   add pairs of products in int16 and saturate with full-range weights, which on an
   AVX2 machine cost the tiny model 3 pAP points at the stem convolution.
+
+Either format keeps a decision head's subgraph (edgeas.head_graph: the nodes that feed
+only its output) in float, whatever `exclude`/`only` say: its nearest-neighbour distance
+is a minimum over |x|^2 - 2 x.b + |b|^2, a difference of large dot products that an INT8
+MatMul would leave as rounding noise. Its inputs, the backbone features the level maps
+share, are quantized as those maps need.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import numpy as np
 
 from edgeas.calibration.ranges import Ranges
 from edgeas.errors import CalibrationError, require
+from edgeas.head_graph import head_node_names
 
 OP_TYPES = ("Conv", "MatMul", "Gemm")
 FORMATS = ("qdq", "qoperator")
@@ -43,15 +50,25 @@ TRT_IR_MAX_OPSET = 17
 _METHOD_NAMES = {"entropy": "Entropy", "percentile": "Percentile", "minmax": "MinMax"}
 
 
-def describe(fmt: str) -> dict[str, Any]:
-    """What the quantizer was asked for, as recorded in the metadata and the report."""
+def describe(fmt: str, head_nodes: int = 0) -> dict[str, Any]:
+    """What the quantizer was asked for, as recorded in the metadata and the report;
+    `head_nodes`: the decision head's nodes, kept float (named only when there are any)."""
     if fmt == "qdq":
-        return {"format": "qdq", "activations": "int8 symmetric per-tensor, op inputs only",
-                "weights": "int8 symmetric per-channel", "bias": "float",
-                "op_types": list(OP_TYPES), "target": "TensorRT (explicit quantization)"}
-    return {"format": "qoperator", "activations": "uint8 asymmetric per-tensor",
-            "weights": "int8 symmetric per-channel, 7-bit range", "bias": "int32",
-            "op_types": list(OP_TYPES), "target": "ONNX Runtime CPU"}
+        out = {"format": "qdq", "activations": "int8 symmetric per-tensor, op inputs only",
+               "weights": "int8 symmetric per-channel", "bias": "float",
+               "op_types": list(OP_TYPES), "target": "TensorRT (explicit quantization)"}
+    else:
+        out = {"format": "qoperator", "activations": "uint8 asymmetric per-tensor",
+               "weights": "int8 symmetric per-channel, 7-bit range", "bias": "int32",
+               "op_types": list(OP_TYPES), "target": "ONNX Runtime CPU"}
+    if head_nodes:
+        out["decision_head"] = {"float_nodes": head_nodes}
+    return out
+
+
+def float_head(model) -> list[str]:
+    """The decision head's nodes (edgeas.head_graph), which no INT8 model quantizes."""
+    return head_node_names(model)
 
 
 def _tensors_data(q, ranges: Ranges):
@@ -88,11 +105,21 @@ def quantize(model, ranges: Ranges, fmt: str, exclude: Sequence[str] = (),
              only: Sequence[str] | None = None):
     """The INT8 ModelProto of `model` (an FP32 ModelProto) in format `fmt`: every Conv,
     MatMul and Gemm node quantized except those named in `exclude` (they stay float: in
-    the Q/DQ model TensorRT then runs them in FP16/FP32), or, with `only`, just those."""
+    the Q/DQ model TensorRT then runs them in FP16/FP32), or, with `only`, just those;
+    never the decision head's nodes (`float_head`)."""
     if fmt not in FORMATS:
         raise CalibrationError(f"unknown INT8 format {fmt!r}")
     onnx = require("onnx", "onnx", "export")
     q = require("onnxruntime.quantization", "onnxruntime", "export")
+    head = float_head(model)
+    if head:  # excluded even from `only`: nodes_to_exclude wins over nodes_to_quantize
+        exclude = list(dict.fromkeys([*exclude, *head]))
+        if only is not None:
+            asked = list(only)
+            only = [n for n in asked if n not in set(head)]
+            if asked and not only:  # ONNX Runtime would read [] as "every node"
+                raise CalibrationError("the nodes to quantize are all the decision head's, "
+                                       "which stays float")
     method, tensors = _tensors_data(q, ranges)
     if fmt == "qdq":
         kwargs = {

@@ -2,8 +2,8 @@
 outputs of the held-out normal images and, with --eval-data, the FP32 anomaly maps of the
 test split are computed once; a candidate session is then run over the same images and
 scored as the gate scores it (per-image cosine of each per-level map and of the anomaly
-map in the record's aggregation setting; pAP, DSC and AUROCs via
-`edgeas.metrics.evaluate`).
+map in the record's aggregation setting; with a decision head, of its output and its
+decision map too; pAP, DSC and AUROCs via `edgeas.metrics.evaluate`).
 
 What the mixed-precision search (`sensitivity`) ranks and accepts candidates by; the
 written models still go through `gate.Gate`, the one verdict `edgeas calibrate` gives.
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeas.calibration.gate import MAP, outputs_with_map
+from edgeas.calibration.gate import DECISION, MAP, compared, outputs_with_map
 from edgeas.metrics import evaluate
 from edgeas.ort import cosine_per_image
 from edgeas.postprocess import record_setting
@@ -31,8 +31,9 @@ CHUNK = 8
 @dataclass(frozen=True)
 class Targets:
     """What a candidate must reach: worst held-out anomaly-map cosine >= min_cosine (always
-    when `cosine_always`, else only without labelled data) and, with labelled data, a pAP
-    drop of at most max_pap_drop points."""
+    when `cosine_always`, else only without labelled data), with a decision head worst
+    held-out decision-map cosine >= min_cosine (always: pAP does not measure the head)
+    and, with labelled data, a pAP drop of at most max_pap_drop points."""
 
     min_cosine: float
     max_pap_drop: float
@@ -48,7 +49,7 @@ class Score:
     images: int  # held-out images
     cosine_min: dict[str, float | None]  # per output and MAP, held-out; None: non-finite
     cosine_mean: dict[str, float | None]
-    nonfinite_images: int  # held-out and eval images whose anomaly map is not finite
+    nonfinite_images: int  # held-out and eval images whose anomaly/decision map is not finite
     metrics: dict[str, float] | None = None  # on the eval images
     delta_points: dict[str, float] | None = None  # metrics - FP32's, in points
     problems: list[str] = field(default_factory=list)  # why it misses its targets
@@ -65,13 +66,14 @@ class Score:
         return -self.delta_points["pixel_ap"]
 
     def damage(self, targets: Targets) -> float:
-        """How far past its targets (1.0 = exactly at one): the larger of the cosine
-        shortfall over (1 - min_cosine) and the pAP drop over max_pap_drop; inf when a map
-        is not finite. What the sensitivity ranking sorts by."""
-        worst = self.cosine_min[MAP]
-        if self.nonfinite_images or worst is None:
+        """How far past its targets (1.0 = exactly at one): the largest of the cosine
+        shortfalls (anomaly map, and decision map with a head) over (1 - min_cosine) and
+        the pAP drop over max_pap_drop; inf when a map is not finite. What the
+        sensitivity ranking sorts by."""
+        worst = [self.cosine_min[k] for k in (MAP, DECISION) if k in self.cosine_min]
+        if self.nonfinite_images or None in worst:
             return math.inf
-        terms = [(1.0 - worst) / max(1.0 - targets.min_cosine, 1e-9)]
+        terms = [(1.0 - w) / max(1.0 - targets.min_cosine, 1e-9) for w in worst]
         if self.pap_drop is not None:
             terms.append(self.pap_drop / max(targets.max_pap_drop, 1e-9))
         return max(terms)
@@ -96,6 +98,9 @@ class Reference:
                  advance: Callable[[int], None] | None = None) -> None:
         self.record = record
         self.outputs = list(record.model.outputs)
+        self.levels = list(record.model.level_outputs)
+        self.head = record.model.head
+        self.keys = compared(record)  # outputs, MAP and (with a head) DECISION
         self.size = tuple(record.preprocessing.input_size)
         self.setting = record_setting(record)  # the station's mode, smoothing, levels
         self.held = held
@@ -131,9 +136,9 @@ class Reference:
     def _outputs(self, session, images: np.ndarray) -> dict[str, np.ndarray]:
         parts: dict[str, list[np.ndarray]] = {}
         for s in range(0, len(images), CHUNK):
-            out = outputs_with_map(session, images[s : s + CHUNK], self.outputs, self.size,
-                                   self.setting)
-            for key in [*self.outputs, MAP]:
+            out = outputs_with_map(session, images[s : s + CHUNK], self.levels, self.size,
+                                   self.setting, self.head)
+            for key in self.keys:
                 parts.setdefault(key, []).append(out[key])
             if self.advance is not None:
                 self.advance(len(images[s : s + CHUNK]))
@@ -145,8 +150,8 @@ class Reference:
 
     def score(self, session, targets: Targets, keep_maps: bool = False) -> Score:
         got = self._outputs(session, self.held)
-        cos = {k: cosine_per_image(got[k], self.ref_held[k]) for k in [*self.outputs, MAP]}
-        bad = int(np.sum(~np.isfinite(got[MAP].reshape(len(self.held), -1)).all(axis=1)))
+        cos = {k: cosine_per_image(got[k], self.ref_held[k]) for k in self.keys}
+        bad = int(np.sum(~_finite_images(got, [k for k in (MAP, DECISION) if k in got])))
         score = Score(len(self.held), {k: _finite(v.min()) for k, v in cos.items()},
                       {k: _finite(v.mean()) for k, v in cos.items()}, bad)
         if self.ref_eval is not None:
@@ -163,14 +168,26 @@ class Reference:
         return score
 
 
+def _finite_images(out: dict[str, np.ndarray], keys: Sequence[str]) -> np.ndarray:
+    """Per image: whether every one of the `keys` maps is finite."""
+    ok = [np.isfinite(out[k].reshape(len(out[k]), -1)).all(axis=1) for k in keys]
+    return np.logical_and.reduce(ok)
+
+
 def _problems(score: Score, targets: Targets, labelled: bool) -> list[str]:
     if score.nonfinite_images:
-        return [f"the anomaly map is NaN or infinite on {score.nonfinite_images} images"]
+        which = "anomaly or decision map" if DECISION in score.cosine_min else "anomaly map"
+        return [f"the {which} is NaN or infinite on {score.nonfinite_images} images"]
     out = []
     worst = score.cosine_min[MAP]
     if (targets.cosine_always or not labelled) and (worst is None or worst < targets.min_cosine):
         shown = "NaN" if worst is None else f"{worst:.4f}"
         out.append(f"worst held-out anomaly-map cosine {shown} < {targets.min_cosine:g}")
+    if DECISION in score.cosine_min:  # the head's map: no pAP stands for it
+        worst = score.cosine_min[DECISION]
+        if worst is None or worst < targets.min_cosine:
+            shown = "NaN" if worst is None else f"{worst:.4f}"
+            out.append(f"worst held-out decision-map cosine {shown} < {targets.min_cosine:g}")
     drop = score.pap_drop
     if labelled and drop is not None and drop > targets.max_pap_drop:
         out.append(f"pAP drops {drop:.2f} points > {targets.max_pap_drop:g}")

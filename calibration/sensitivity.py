@@ -46,10 +46,12 @@ def block_of(node_name: str) -> str:
 
 
 def quantizable_blocks(model) -> dict[str, list[str]]:
-    """{block: names of its Conv/MatMul/Gemm nodes}, blocks in order of first appearance."""
+    """{block: names of its Conv/MatMul/Gemm nodes}, blocks in order of first appearance;
+    not the decision head's nodes, which no candidate quantizes (`quantize.float_head`)."""
+    head = set(qz.float_head(model))
     blocks: dict[str, list[str]] = {}
     for node in model.graph.node:
-        if node.op_type in qz.OP_TYPES:
+        if node.op_type in qz.OP_TYPES and node.name not in head:
             if not node.name:
                 raise CalibrationError(f"a {node.op_type} node has no name: blocks need names",
                                        hint="export the model with `edgeas export`")

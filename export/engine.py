@@ -76,15 +76,23 @@ def prepare_onnx(flavour: Flavour, onnx_path: Path, record: ModelRecord, wanted:
     )
 
 
-def _fp32_layer_names(onnx_path: Path) -> set[str] | None:
-    """Names of the nodes the FP16 converter keeps in FP32 (pinned on TensorRT 10)."""
+def _fp32_layer_names(onnx_path: Path, precision: str = "fp16") -> set[str] | None:
+    """Names of the nodes pinned to FP32 on TensorRT 10, whose FP16 flag is on for FP16
+    and INT8 builds alike: for FP16 those the FP16 converter keeps in FP32; for INT8 a
+    decision head's (edgeas.head_graph), which has no INT8 and would otherwise fall back
+    to FP16, where its |x|^2 - 2 x.b + |b|^2 cancels to noise. None without `onnx`."""
     try:
         onnx = require("onnx", "onnx", "export")
     except DependencyError:
         return None
+    model = onnx.load(str(onnx_path))
+    if precision == "int8":
+        from edgeas.head_graph import head_node_names
+
+        return set(head_node_names(model))
     from edgeas.export.fp16 import fp32_node_names
 
-    return set(fp32_node_names(onnx.load(str(onnx_path))))
+    return set(fp32_node_names(model))
 
 
 def _static_batch(parsed) -> int:
@@ -206,8 +214,8 @@ def build_engine(
     profile = trt_build.batch_profile(parsed.network, options.min_batch, options.opt_batch,
                                       options.max_batch, str(onnx_path))
     names = None
-    if prepared.precision == "fp16" and not flavour.strongly_typed:
-        names = _fp32_layer_names(onnx_path)
+    if prepared.precision in ("fp16", "int8") and not flavour.strongly_typed:
+        names = _fp32_layer_names(onnx_path, prepared.precision)
     # before the calibrator and the config: what the DLA cannot build is a one-line error
     trt_config.check_dla(flavour, parsed, options, prepared.precision, profile, names)
     calibrator, calibration, cache = _calibration(flavour, options, record, parsed, output,

@@ -23,8 +23,9 @@ RTX_DEFAULT_MIN_CC = (8, 0)
 
 def pin_fp32_layers(trt, network, names: set[str]) -> int:
     """TensorRT 10 with the FP16 flag: ask for FP32 in the layers named `names` (the
-    ONNX nodes `edgeas.export.fp16` keeps in FP32); the parser names a node's main
-    layer after the node. Returns how many layers were pinned."""
+    ONNX nodes `edgeas.export.fp16` keeps in FP32; in an INT8 build a decision head's);
+    the parser names a node's main layer after the node. Returns how many layers were
+    pinned."""
     floats = {trt.DataType.FLOAT, trt.DataType.HALF}
     pinned = 0
     for i in range(network.num_layers):
@@ -155,7 +156,7 @@ def make_config(
                     shape = (batch, *profile[0][1:])
                     calib.set_shape(parsed.network.get_input(0).name, shape, shape, shape)
                     config.set_calibration_profile(calib)
-        if precision == "fp16" and fp32_names:
+        if precision in ("fp16", "int8") and fp32_names:
             applied["fp32_layers"] = pin_fp32_layers(trt, parsed.network, fp32_names)
             flag("PREFER_PRECISION_CONSTRAINTS")
     check_dla(flavour, parsed, options, precision, profile, fp32_names)
@@ -225,7 +226,7 @@ def check_dla(flavour: Flavour, parsed: Parsed, options: BuildOptions, precision
             hint=f"pin the batch (--min-batch {hi} --opt-batch {hi} --max-batch {hi}) or "
             "add --gpu-fallback",
         )
-    if precision == "fp16" and fp32_names:
+    if precision in ("fp16", "int8") and fp32_names:
         raise ConfigError(
             f"{core}: {len(fp32_names)} layers are kept in FP32 for accuracy, and the DLA "
             "runs FP16/INT8 only",

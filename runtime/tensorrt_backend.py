@@ -189,7 +189,9 @@ class TensorRTBackend(Backend):
         # while any has neither an address nor an output allocator (an engine exported
         # --with-map also has anomaly_map and score). NVIDIA's
         # samples/python/common_runtime.py (allocate_buffers) binds all num_io_tensors
-        # the same way. Only the input and the level maps get page-locked host copies.
+        # the same way. Only the input and the record's outputs (the level maps, and a
+        # decision head's grid, knn_dist (N, 1, h3, w3)) get page-locked host copies,
+        # each sized from its own engine shape.
         copied = {self.input_name, *self.output_names}
         for name in names:
             dims = tuple(int(d) for d in self.context.get_tensor_shape(name))
@@ -197,6 +199,11 @@ class TensorRTBackend(Backend):
             if any(d < 0 for d in dims):
                 raise ArtifactError(f"{self.path}: tensor {name} has shape {dims} at batch "
                                     f"{self.max_batch}; only the batch may be dynamic")
+            if name in self.output_names and not (
+                    len(dims) == 3 or (len(dims) == 4 and dims[1] == 1)):
+                # infer() hands back one (h, w) grid per image: refuse what it would slice
+                raise ArtifactError(f"{self.path}: output {name} has shape {dims}; expected "
+                                    "(N, 1, h, w)")
             if name in copied and dtype != np.float32:
                 raise ArtifactError(f"{self.path}: tensor {name} is {dtype}; the "
                                     "runtime expects float32 I/O (typed engines keep it)")

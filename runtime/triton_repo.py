@@ -67,7 +67,9 @@ def _dims(shape: list, path: Path, what: str, batched: bool) -> tuple[int, ...]:
 
 
 def _graph_io(onnx: Path, record: ModelRecord, batched: bool) -> tuple[list, list]:
-    """Input and level outputs of the graph, named and shaped as Triton will see them."""
+    """Input and outputs of the graph (`record.model.outputs`: the level maps, then a
+    decision head's grid, knn_dist (N, 1, h3, w3), where the model has one), named and
+    shaped from the graph itself as Triton will see them."""
     try:
         session = open_session(onnx)
     except Exception as exc:  # ONNX Runtime raises its own types for unreadable graphs

@@ -208,7 +208,7 @@ def test_converter_refuses_bad_requests():
     typed, _ = convert_to_fp16(model)
     with pytest.raises(ConfigError, match="already holds FP16"):
         convert_to_fp16(typed)
-    assert set(GROUPS) == {"norm", "softmax", "scores", "reduce", "tail"}
+    assert set(GROUPS) == {"norm", "softmax", "scores", "reduce", "tail", "head"}
 
 
 def test_clean_model_folds_drops_dead_nodes_makes_masks_finite_and_names_stably():
