@@ -341,6 +341,7 @@ class Pipeline:
 
     def summary(self, wall: float) -> dict[str, Any]:
         src = self.source
+        record = getattr(self.backend, "record", None)  # stand-in backends of tests have none
         return {
             "frames": self.stats.frames,
             "ng_frames": self.ng,
@@ -356,7 +357,7 @@ class Pipeline:
             "threshold_origin": self.settings.threshold_origin,
             "min_area": self.settings.min_area,
             "aggregation": self.settings.mode + (" (gpu)" if self._gpu_agg else ""),
-            "backend": self.backend.describe(),
+            "decision": describe_head(record.model.head if record is not None else None),
             "stopped": self.stop.is_set(),
             **self.sinks.summary(),  # what the sinks add: `recording`, `events`
         }

@@ -207,7 +207,7 @@ def test_the_station_decides_on_the_heads_map(head_model, tmp_path):
     events = tmp_path / "events"
     run = edgeas("stream", "--model", str(head_model["model"]), "--video", str(clip.path),
                  "--events", str(events), "--summary-json", str(tmp_path / "summary.json"))
-    assert "OK/NG decided on the knn decision head" in run.stdout
+    assert "OK/NG decided on the knn decision head" in run.stdout + run.stderr
     record, outs = _onnx_outputs(head_model["model"], video_frames(clip.path))
     tau, sigma = record.threshold.value, record.model.head.sigma
     maps = [head_map(o[-1], record.preprocessing.input_size, sigma) for o in outs]
@@ -218,7 +218,8 @@ def test_the_station_decides_on_the_heads_map(head_model, tmp_path):
         assert e["score"] == pytest.approx(float(maps[e["frame"]].max()), rel=1e-4)
         assert e["threshold"] == pytest.approx(tau)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["ng"] == len(expected)
+    assert summary["ng_frames"] == len(expected)
+    assert summary["decision"].startswith("the knn decision head")
 
 
 def test_a_finished_run_with_a_head_resumes_and_refits_it(head_model, tmp_path):
