@@ -105,7 +105,7 @@ def fit_head(
     out: Path | None = typer.Option(None, "--out", "-o",
                                     help="New checkpoint (default: CHECKPOINT.knn.pt)."),
     coreset: float | None = typer.Option(None, help="Fraction of training patches kept "
-                                                    "(default: decision.coreset, 0.01)."),
+                                                    "(default: the stored config's, 0.1)."),
     sigma: float | None = typer.Option(None, help="Gaussian on the head's map, input px."),
 ) -> None:
     """Add the nearest-neighbour decision head to a trained model (no retraining) and refit

@@ -118,7 +118,9 @@ class DecisionConfig:
     # nearest-neighbour head on the frozen backbone, fitted after training;
     # edgeas.decision_head says why)
     head: str = "map"
-    coreset: float = 0.01  # fraction of the training patches kept in the memory bank
+    # fraction of the training patches kept in the memory bank: PatchCore's 10% (the
+    # peer's ranking exactly); 1% ranks nearly as well at a tenth of the cost (demo-cpu)
+    coreset: float = 0.1
     sigma: float = 4.0  # Gaussian on the head's map, input pixels
 
 
