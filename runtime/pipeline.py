@@ -358,6 +358,7 @@ class Pipeline:
             "min_area": self.settings.min_area,
             "aggregation": self.settings.mode + (" (gpu)" if self._gpu_agg else ""),
             "decision": describe_head(record.model.head if record is not None else None),
+            "backend": self.backend.describe(),
             "stopped": self.stop.is_set(),
             **self.sinks.summary(),  # what the sinks add: `recording`, `events`
         }

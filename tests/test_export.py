@@ -104,7 +104,8 @@ def test_metadata_round_trip_through_inspect(exported):
         assert shown["export"]["batch"] == "dynamic"
         assert shown["export"]["outputs"] == [*DISTS, "anomaly_map", "score"]
         assert [lv["output"] for lv in shown["levels"]] == DISTS
-    assert set(shown["fp16"]["kept_fp32"]) == {"norm", "softmax", "scores", "reduce", "tail"}
+    assert set(shown["fp16"]["kept_fp32"]) == {"norm", "softmax", "scores", "reduce", "tail",
+                                               "head"}
 
 
 def test_fp16_graph_is_accurate_under_onnx_runtime_and_emulated_fp16(exported):
