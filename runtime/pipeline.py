@@ -239,10 +239,12 @@ class Pipeline:
         grid = None
         if s.head_sigma is not None:  # the last output is the decision head's
             maps, grid = maps[:-1], maps[-1]
+        # with a head the threshold is in the head's units: the UniAS map gets no mask
+        tau = s.threshold if grid is None else None
         if self._gpu_agg is not None:
-            amap, mask = self._gpu_agg(maps, model_hw, s.threshold, s.smoothing, s.levels)
+            amap, mask = self._gpu_agg(maps, model_hw, tau, s.smoothing, s.levels)
         else:
-            amap, mask = aggregate(maps, model_hw, s.threshold, s.mode, s.smoothing, s.levels)
+            amap, mask = aggregate(maps, model_hw, tau, s.mode, s.smoothing, s.levels)
         if grid is None:
             score = image_score(amap)
         else:  # decided on the head's map; UniAS's map stays the heat map

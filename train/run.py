@@ -71,13 +71,13 @@ def fit_decision_head(cfg: EdgeasConfig, model, train_set, device) -> None:
 
     import torch
     from rich.progress import Progress
+    from torch.utils.data import DataLoader
 
     from edgeas.train.memory_bank import fit_bank
 
-    def batches():
-        for s in range(0, len(train_set), 8):
-            items = [train_set[i] for i in range(s, min(s + 8, len(train_set)))]
-            yield torch.stack([it[0] for it in items]).to(device)
+    def batches():  # a private generator: the global RNG (saved in checkpoints) stays put
+        loader = DataLoader(train_set, batch_size=8, generator=torch.Generator())
+        return (item[0].to(device) for item in loader)
 
     t0 = time.perf_counter()
     model.eval()
