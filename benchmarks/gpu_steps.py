@@ -181,7 +181,7 @@ def _torch_naive(maps, hw, tau, dry: bool) -> dict[str, Any]:
         host = [m.pin_memory() for m in host]
 
     def run(levels):
-        ups = [F.interpolate(m[None, None], size=hw, mode="bilinear", align_corners=False)
+        ups = [F.interpolate(m[None, None], size=hw, mode="bilinear", align_corners=True)
                for m in levels]
         product = ups[0] * ups[3] * ups[2] * ups[1]
         return product, product >= tau

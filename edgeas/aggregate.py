@@ -11,22 +11,26 @@ default here):
   half-pixel bilinear), smooth it there (G_i, reflect-101 border), multiply in the
   official order ((res1 * res4) * res3) * res2, upsample the product to the output size
   (align-corners bilinear). Plain numpy, vectorised over a batch.
-- ``fused``: the fast implementation: each level smoothed at its *own* resolution by a
-  kernel K_i (maps of 14x14 to 112x112: microseconds), then ONE pass at the output size
-  samples every level (half-pixel bilinear B_i), multiplies and writes the map and the
-  mask. The same pass is the CUDA kernel (runtime/fused_aggregate.cu); here OpenCV.
+- ``fused``: the fast implementation: each level resized to the finest level's size and
+  smoothed there, exactly the reference's first two steps (maps of 112x112 at most: a
+  fraction of a millisecond with OpenCV), then ONE pass at the output size samples every
+  level with the reference's last geometry (align-corners bilinear B), multiplies them
+  and writes the map and the mask. The same pass is the CUDA kernel
+  (runtime/fused_aggregate.cu); here OpenCV.
 
-Why fused equals reference up to interpolation error. Let s_i = (finest size) / (size of
-level i). Bilinear resizing commutes with whole-pixel shifts of the coarse grid, so for
-any kernel K on level i's grid, R_i(K * d) = K^(s_i) * R_i(d), where K^(s) spreads K's taps
-s fine pixels apart (exact away from the borders). The reference computes G_i * R_i(d).
-K_i^(s_i) and G_i are both normalised and symmetric; choosing Var(K_i) = Var(G_i) / s_i^2
-(`native_kernel`) makes their moments agree up to the second, so the two smoothings
-differ only by a term in the fourth derivative of the interpolated map. For res1 (s = 1)
-K_1 = G_1 exactly. What remains is the order of the last two steps: the reference
-interpolates the product, fused multiplies interpolants (and samples with half-pixel
-rather than align-corners centres): both are interpolation errors, O(h^2) in the
-level's pixel size. eval measures the difference on every model (aggregation.json):
+Why fused equals reference up to interpolation error. With p_i the smoothed levels at the
+finest size, reference computes B(p_1 p_2 ... p_n) and fused B(p_1) B(p_2) ... B(p_n):
+they differ only in the order of the last two steps. Along one axis, a sample a fraction
+t between grid points j and j + 1 gives, for two maps a and b,
+
+    B(a) B(b) - B(ab) = -t (1 - t) (a_{j+1} - a_j) (b_{j+1} - b_j),
+
+the product of two neighbouring differences on the finest grid, at most a quarter of it,
+and zero on grid points; in 2-D the same holds per axis plus terms of the same order. The
+smoothed levels change little from one finest pixel to the next, so the difference is
+second order in the finest pixel size (measured on trained models: 0.3-1% of the map's
+maximum, where sampling each level at its own resolution with half-pixel centres gave
+4-7%; benchmarks/EXPERIMENTS.md). eval measures it on every model (aggregation.json):
 same OK/NG decision on >= 99.5% of images and |pAP difference| <= 0.2 points is the bar.
 
 numpy and OpenCV only: this module is on the runtime's import path, which must
@@ -43,10 +47,9 @@ import cv2
 import numpy as np
 
 from edgeas.errors import ConfigError, ModelOutputError
-from edgeas.interp import gaussian_blur, resize_bilinear
+from edgeas.interp import gaussian_blur, gaussian_kernel1d, resize_bilinear
 from edgeas.interp import out_size as _out_size
 from edgeas.postprocess import DEFAULT_MODE, aggregation_mode, check_smoothing
-from edgeas.smoothing import smooth_levels
 
 # Batch chunk for the numpy paths: bounds the temporaries to a few tens of MB.
 _CHUNK = 32
@@ -226,10 +229,10 @@ def aggregate_batch(
     order = _product_order(len(levels))
     out = np.empty((levels[0].shape[0], h, w), np.float32)
     for s in range(0, out.shape[0], _CHUNK):
-        chunk = smooth_levels([m[s : s + _CHUNK] for m in levels], pairs, finest)
-        acc = resize_bilinear(chunk[order[0]], (h, w), align_corners=False)
+        post = _reference_small([m[s : s + _CHUNK] for m in levels], pairs, finest)[1]
+        acc = resize_bilinear(post[order[0]], (h, w), align_corners=True)
         for i in order[1:]:
-            acc *= resize_bilinear(chunk[i], (h, w), align_corners=False)
+            acc *= resize_bilinear(post[i], (h, w), align_corners=True)
         out[s : s + _CHUNK] = acc
     return out
 
@@ -254,35 +257,62 @@ def _scratch(shape: tuple[int, int]) -> np.ndarray:
     return buf
 
 
+def _smooth_at_finest(level: np.ndarray, pair: tuple[int, float] | None,
+                      finest: tuple[int, int]) -> np.ndarray:
+    """One level resized to the finest size (half-pixel) and smoothed there (reflect-101):
+    the reference's first two steps, with OpenCV (within ~2e-7 of the numpy path, a few
+    times faster on one image)."""
+    h, w = finest
+    up = level if level.shape == finest else cv2.resize(level, (w, h),
+                                                        interpolation=cv2.INTER_LINEAR)
+    if pair is None:
+        return up
+    g = gaussian_kernel1d(int(pair[0]), float(pair[1]))
+    return cv2.sepFilter2D(up, cv2.CV_32F, g, g, borderType=cv2.BORDER_REFLECT_101)
+
+
 def fused_levels(maps: Sequence[np.ndarray], smoothing: Smoothing = None,
                  use: LevelSet = None) -> list[np.ndarray]:
     """The fused pass's inputs for one image: the chosen levels (2-D float32, finest
-    first), each smoothed at its own resolution. Shared by the OpenCV pass below and the
-    CUDA kernel (runtime/cuda_aggregate.py), so both compute one setting the same way."""
+    first), each resized to the finest size and smoothed there. Shared by the OpenCV pass
+    below and the CUDA kernel (runtime/cuda_aggregate.py), so both compute one setting the
+    same way."""
     finest, levels, pairs = _setting(_as_levels(maps), smoothing, use)
-    return smooth_levels(levels, pairs, finest)
+    return [_smooth_at_finest(m, pairs[i] if pairs else None, finest)
+            for i, m in enumerate(levels)]
+
+
+def resize_align_corners(level: np.ndarray, h: int, w: int,
+                         dst: np.ndarray | None = None) -> np.ndarray:
+    """Align-corners bilinear of a 2-D float32 `level` to (h, w) (into dst if given).
+    cv2.resize only has half-pixel centres; an affine warp with the align-corners scale
+    samples where torch does (within float rounding) at cv2.resize's speed."""
+    lh, lw = level.shape
+    sx = (lw - 1) / (w - 1) if w > 1 else 0.0
+    sy = (lh - 1) / (h - 1) if h > 1 else 0.0
+    warp = np.array([[sx, 0.0, 0.0], [0.0, sy, 0.0]], np.float64)
+    return cv2.warpAffine(level, warp, (w, h), dst=dst,
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
 
 
 def fused_map(maps: Sequence[np.ndarray], out_hw: Sequence[int], smoothing: Smoothing = None,
               use: LevelSet = None) -> np.ndarray:
-    """prod_i bilinear(K_i * d_i) at out_hw, half-pixel centres (torch align_corners=False).
-
-    cv2.resize's float32 INTER_LINEAR has torch's sample positions and
-    clamping, computes them in double (torch: float32, off by up to ~4e-6 px
-    at 112 -> 1920; both checked in the tests) and runs multi-threaded with
-    the GIL released. Each level is resized into one scratch buffer and
-    multiplied into the output in place: two full-size maps in all, and
-    the output is a fresh array the caller owns.
+    """prod_i B(p_i) at out_hw: the levels smoothed at the finest size (`fused_levels`),
+    each sampled align-corners (torch align_corners=True) and multiplied in the official
+    order. OpenCV's warp runs multi-threaded with the GIL released; each level is sampled
+    into one scratch buffer and multiplied into the output in place: two full-size maps
+    in all, and the output is a fresh array the caller owns.
     """
     levels = fused_levels(maps, smoothing, use)
     h, w = _out_size(out_hw)
     order = _product_order(len(levels))
     out = np.empty((h, w), np.float32)
-    cv2.resize(levels[order[0]], (w, h), dst=out, interpolation=cv2.INTER_LINEAR)
+    resize_align_corners(levels[order[0]], h, w, out)
     if len(levels) > 1:
         tmp = _scratch((h, w))
         for i in order[1:]:
-            cv2.resize(levels[i], (w, h), dst=tmp, interpolation=cv2.INTER_LINEAR)
+            resize_align_corners(levels[i], h, w, tmp)
             np.multiply(out, tmp, out=out)
     return out
 

@@ -117,8 +117,8 @@ class CudaFusedAggregator:
     def __call__(self, maps: Sequence[np.ndarray], out_hw: Sequence[int],
                  threshold: float | None, smoothing: Smoothing = None,
                  use: LevelSet = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """The setting's map (and mask): levels smoothed at their own resolution on the
-        host (`fused_levels`, the CPU path's very function: maps of a few KB), then the
+        """The setting's map (and mask): levels resized to the finest size and smoothed there
+        on the host (`fused_levels`, the CPU path's very function: maps of 50 KB), then the
         kernel's one pass at `out_hw`."""
         if self.kernel is None:
             raise RuntimeError("the fused aggregator was closed")

@@ -1,7 +1,8 @@
 // Fused aggregation, one output pixel at a time (protocol.md section 3, "fused").
 //
-// A(x, y) = prod_i bilinear(d_i)(x, y) with half-pixel centres (align_corners=False),
-// mask = A >= tau. The same arithmetic is compiled for the GPU (fused_aggregate.cu,
+// A(x, y) = prod_i bilinear(p_i)(x, y) with aligned corners (torch align_corners=True),
+// mask = A >= tau, where p_i are the levels already resized to the finest size and
+// smoothed there on the host (edgeas.aggregate.fused_levels). The same arithmetic is compiled for the GPU (fused_aggregate.cu,
 // through pycuda) and for the host (the tests build it with g++ and compare it with the
 // numpy/OpenCV path), so the kernel's numbers are checked on a machine without a GPU.
 //
@@ -18,21 +19,16 @@
 #define EDGEAS_HD static inline
 #endif
 
-// Source coordinate and weight of output index `dst` along one axis (cv2.resize /
-// torch align_corners=False): src = (dst + 0.5) * n_in / n_out - 0.5, clamped to the
-// first and last sample exactly as OpenCV clamps (weight 0 at the border).
-// Written as ((2 dst + 1) n_in - n_out) / (2 n_out): both integers are exact in float,
-// so the one division gives the correctly rounded position, which is what OpenCV gets
-// by computing in double and rounding to float. A float `(dst + 0.5) * scale - 0.5`
-// would be off by up to ~1e-5 px at 1080p and move the map by more than 1e-5.
+// Source coordinate and weight of output index `dst` along one axis, torch's
+// align_corners=True: src = dst * ((n_in - 1) / (n_out - 1)), the scale rounded to float
+// first and then one float product, as torch and the numpy path compute it (built with
+// --fmad=false nothing fuses it into other arithmetic). src never leaves [0, n_in - 1]
+// except by rounding at the last sample, which the clamp absorbs.
 EDGEAS_HD void edgeas_axis(int dst, int n_in, int n_out, int* i0, int* i1, float* frac) {
-    float src = (float)((2 * dst + 1) * n_in - n_out) / (float)(2 * n_out);
+    float scale = n_out > 1 ? (float)(n_in - 1) / (float)(n_out - 1) : 0.0f;
+    float src = scale * (float)dst;
     int lo = (int)floorf(src);
     float f = src - (float)lo;
-    if (lo < 0) {
-        lo = 0;
-        f = 0.0f;
-    }
     if (lo >= n_in - 1) {
         lo = n_in - 1;
         f = 0.0f;

@@ -63,17 +63,15 @@ def _planted_levels(shapes, center=(0.7, 0.3), seed: int = 0) -> list[np.ndarray
 
 
 def _torch_fused(levels, out_hw, dtype):
+    """Fused without smoothing in torch: each level to the finest size (half-pixel), then
+    each sampled align-corners at out_hw, multiplied in the official order."""
     torch = pytest.importorskip("torch")
     f = torch.nn.functional
-    ups = [
-        f.interpolate(
-            torch.from_numpy(m).to(dtype)[None, None],
-            size=out_hw,
-            mode="bilinear",
-            align_corners=False,
-        )[0, 0]
-        for m in levels
-    ]
+    t = [torch.from_numpy(m).to(dtype)[None, None] for m in levels]
+    finest = t[0].shape[-2:]
+    t = [x if x.shape[-2:] == finest else
+         f.interpolate(x, size=finest, mode="bilinear", align_corners=False) for x in t]
+    ups = [f.interpolate(x, size=out_hw, mode="bilinear", align_corners=True)[0, 0] for x in t]
     return (((ups[0] * ups[3]) * ups[2]) * ups[1]).numpy()
 
 
@@ -141,7 +139,7 @@ def test_fused_matches_the_torch_oracle(shapes, out_hw):
     # the sampling pass alone (no smoothing); the smoothing is tested below
     amap, mask = aggregate(levels, out_hw, mode="fused", smoothing="none")
     assert mask is None and amap.dtype == np.float32 and amap.shape == out_hw
-    # float64 oracle: the exact value of prod_i bilinear(d_i) at half-pixel centres
+    # float64 oracle: the exact value of prod_i B(R(d_i)), B align-corners, R half-pixel
     exact = _torch_fused(levels, out_hw, pytest.importorskip("torch").float64)
     assert np.abs(amap - exact).max() <= TOL
     # torch's float32 kernel rounds the source coordinate in float32 (up to

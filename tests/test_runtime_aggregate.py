@@ -10,7 +10,6 @@ from test_stream_support import hole_images, trained_model_path
 from edgeas.postprocess import OFFICIAL_BLUR
 from edgeas.runtime import aggregate, decide, open_backend, remove_small_regions
 from edgeas.runtime.preprocess import Preprocessor
-from edgeas.smoothing import level_kernels, native_kernel
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -35,27 +34,29 @@ def _gauss(kernel: int, sigma: float):
     return g / g.sum()
 
 
-def torch_fused(maps, out_hw, smoothing=()) -> np.ndarray:
-    """The fused setting in torch: each level filtered at its own size with the kernels of
-    edgeas.smoothing (tested on their own below), F.interpolate half-pixel, the product."""
+def _torch_smoothed_at_finest(maps, smoothing):
+    """The reference's first two steps: each level to the finest size, smoothed there."""
     t = [torch.from_numpy(m)[None, None] for m in maps]
-    if smoothing:
-        finest = t[0].shape[-2:]
-        t = [_conv(x, *level_kernels(pair, x.shape[-2:], finest)) for x, pair in
-             zip(t, smoothing)]
-    ups = [F.interpolate(x, size=out_hw, mode="bilinear", align_corners=False)[0, 0] for x in t]
+    size = t[0].shape[-2:]
+    up = [t[0]] + [F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+                   for x in t[1:]]
+    return [_conv(u, _gauss(k, s), _gauss(k, s)) for u, (k, s) in zip(up, smoothing)] \
+        if smoothing else up
+
+
+def torch_fused(maps, out_hw, smoothing=()) -> np.ndarray:
+    """The fused setting in torch: the levels smoothed at the finest size, each sampled
+    align-corners at out_hw, then the product (the reference samples the product)."""
+    post = _torch_smoothed_at_finest(maps, smoothing)
+    ups = [F.interpolate(x, size=out_hw, mode="bilinear", align_corners=True)[0, 0]
+           for x in post]
     product = ups[0] * ups[3] * ups[2] * ups[1]  # the official order
     return product.numpy()
 
 
 def torch_reference(maps, out_hw, smoothing=OFFICIAL_BLUR) -> np.ndarray:
     """The straightforward implementation of a setting (the official code's), in torch."""
-    t = [torch.from_numpy(m)[None, None] for m in maps]
-    size = t[0].shape[-2:]
-    up = [t[0]] + [F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-                   for x in t[1:]]
-    post = [_conv(u, _gauss(k, s), _gauss(k, s)) for u, (k, s) in zip(up, smoothing)] \
-        if smoothing else up
+    post = _torch_smoothed_at_finest(maps, smoothing)
     product = post[0] * post[3] * post[2] * post[1]
     return F.interpolate(product, size=out_hw, mode="bilinear", align_corners=True)[0, 0].numpy()
 
@@ -86,32 +87,19 @@ def test_real_output_fused_and_reference_match_torch(real, out_hw, setting):
 @pytest.mark.parametrize("setting", SETTINGS)
 def test_fused_equals_the_straightforward_setting_up_to_interpolation_error(real, setting):
     """On a real model's maps: the two implementations of one setting agree to an
-    interpolation error (the largest pixel difference, at edges, reaches 10-17% of the
-    peak on the demo model's maps; eval measures what it does to pAP and decisions), with
-    the same decision and nearly the same mask at a threshold."""
+    interpolation error, sampling products of neighbouring differences on the finest grid
+    (measured on the trained tiny model: at most 0.4-1.2% of the peak, 0.01% on average),
+    with the same decision and nearly the same mask at a threshold."""
     maps, _, _ = real
     pairs = SETTINGS[setting]
     fused = aggregate(maps, (224, 224), None, "fused", pairs)[0]
     straight = torch_reference(maps, (224, 224), pairs)
     peak = float(straight.max())
-    assert np.abs(fused - straight).max() <= 0.2 * peak
-    assert np.abs(fused - straight).mean() <= 0.02 * peak
+    assert np.abs(fused - straight).max() <= 0.03 * peak
+    assert np.abs(fused - straight).mean() <= 0.001 * peak
     for tau in (0.3 * peak, 0.6 * peak):
         a, b = fused >= tau, straight >= tau
-        assert a.any() == b.any() and (a != b).mean() < 0.02
-
-
-def test_native_kernels_keep_the_settings_variance():
-    for kernel, sigma in (*OFFICIAL_BLUR, (5, 1.0), (7, 2.0)):
-        fine = _gauss(kernel, sigma).double().numpy()
-        var = float((fine * (np.arange(kernel) - kernel // 2) ** 2).sum())
-        for scale in (1.0, 2.0, 4.0, 8.0, 0.5):
-            k = native_kernel(kernel, sigma, scale).astype(np.float64)
-            x = np.arange(k.size) - k.size // 2
-            assert k.size % 2 == 1 and np.allclose(k, k[::-1]) and (k >= 0).all()
-            assert abs(k.sum() - 1) < 1e-6
-            assert abs((k * x * x).sum() - var / scale**2) < 1e-5 * max(1.0, var / scale**2)
-        assert np.allclose(native_kernel(kernel, sigma, 1.0), fine, atol=1e-7)
+        assert a.any() == b.any() and (a != b).mean() < 0.001
 
 
 @pytest.mark.parametrize("mode", ["fused", "reference"])
