@@ -88,3 +88,22 @@ def test_a_full_size_sink_gets_the_frame_size_and_small_frames_are_not_enlarged(
     spy["render"].clear()
     _stream((480, 640), [Small()], spy)
     assert spy["render"] == [(480, 640)] * 3
+
+
+def test_the_heat_overlay_coloured_at_model_size_matches_colouring_the_resized_map():
+    """render colours the model-size map, then resizes the colours (cheaper than colouring
+    every frame pixel): the same picture as colouring the resized map, up to a few levels
+    where JET turns a corner."""
+    import cv2
+
+    from edgeas.runtime.render import HEAT_ALPHA, heat, render
+
+    yy, xx = np.mgrid[0:MODEL_HW[0], 0:MODEL_HW[1]].astype(np.float32)
+    amap = np.exp(-((yy - 80) ** 2 + (xx - 140) ** 2) / (2 * 30.0**2)).astype(np.float32)
+    frame = np.full((720, 1280, 3), 90, np.uint8)
+    shown = render(frame, amap, None, [], False, float(amap.max()), 0.5)
+    big = cv2.resize(amap, (1280, 720))
+    want = cv2.addWeighted(heat(big, 0.5), HEAT_ALPHA, frame, 1 - HEAT_ALPHA, 0)
+    below_bar = slice(60, None)  # the status bar is drawn over the top rows
+    diff = np.abs(shown[below_bar].astype(int) - want[below_bar].astype(int))
+    assert np.percentile(diff, 99) <= 1 and diff.max() <= 6  # measured: 1 and 3
