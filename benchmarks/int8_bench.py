@@ -25,6 +25,7 @@ no pAP is reported here (tests/test_calibrate.py measures pAP on a trained model
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import statistics
 import sys
@@ -165,7 +166,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# INT8 on CPU: latency and accuracy gate",
         "",
-        f"Produced by `{result['command']}` (run with `nice -n 10`).",
+        f"Produced by `{result['command']}` (niceness {result.get('niceness', 0)}).",
         "",
         f"Machine: {m['cpu_model']}, {m['cpu_count']} CPUs, shared with other jobs; Python "
         f"{m['python']}, onnxruntime {m['onnxruntime']}, torch {m['torch']}. Threads: ONNX "
@@ -240,6 +241,7 @@ def main() -> None:
                    for p in args.presets.split(",")}
     result = {
         "command": command.strip(),
+        "niceness": os.nice(0),
         "machine": {**machine_facts(), "onnxruntime": ort.__version__},
         "threads": {"onnxruntime_intra_op": THREADS, "onnxruntime_inter_op": 1,
                     "torch": THREADS},

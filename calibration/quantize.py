@@ -16,7 +16,12 @@ Two formats from the same ranges:
   Runtime's CPU kernels implement; ONNX Runtime runs the Q/DQ form slower than FP32.
   Weights use 7 bits (reduce_range): on x86 CPUs without VNNI the uint8 x int8 kernels
   add pairs of products in int16 and saturate with full-range weights, which on an
-  AVX2 machine cost the tiny model 3 pAP points at the stem convolution.
+  AVX2 machine cost the tiny model 3 pAP points at the stem convolution. Only MatMuls
+  with a constant weight are quantized: the attention's products of two activations
+  (Q K^T, A V) stay float, since each would need a QuantizeLinear on both inputs and a
+  QLinearSoftmax before it, conversions that cost more than the integer product saves
+  (unias-edge: 1325 nodes instead of 1427, 1.19x FP32 instead of 1.05x in one
+  interleaved run; benchmarks/EXPERIMENTS.md, issue 16).
 
 Either format keeps a decision head's subgraph (edgeas.head_graph: the nodes that feed
 only its output) in float, whatever `exclude`/`only` say: its nearest-neighbour distance
@@ -60,7 +65,8 @@ def describe(fmt: str, head_nodes: int = 0) -> dict[str, Any]:
     else:
         out = {"format": "qoperator", "activations": "uint8 asymmetric per-tensor",
                "weights": "int8 symmetric per-channel, 7-bit range", "bias": "int32",
-               "op_types": list(OP_TYPES), "target": "ONNX Runtime CPU"}
+               "op_types": list(OP_TYPES), "matmul": "constant weights only",
+               "target": "ONNX Runtime CPU"}
     if head_nodes:
         out["decision_head"] = {"float_nodes": head_nodes}
     return out
@@ -137,7 +143,7 @@ def quantize(model, ranges: Ranges, fmt: str, exclude: Sequence[str] = (),
             "activation_type": q.QuantType.QUInt8,
             "weight_type": q.QuantType.QInt8,
             "reduce_range": True,
-            "extra_options": {"WeightSymmetric": True},
+            "extra_options": {"WeightSymmetric": True, "MatMulConstBOnly": True},
         }
     with tempfile.TemporaryDirectory(prefix="edgeas-quant-") as tmp:
         cache = Path(tmp) / "ranges.json"

@@ -150,6 +150,16 @@ def test_cpu_model_runs_in_onnx_runtime_and_agrees_with_fp32(trained, calibrated
     images = np.stack([preprocess_bgr(f, recipe) for f in frames])
     cpu = onnx.load(str(calibrated["cpu"]))
     assert sum(n.op_type == "QLinearConv" for n in cpu.graph.node) > 50
+    # MatMuls with a constant weight are quantized, the attention's products of two
+    # activations stay float (no QLinearSoftmax either): what made INT8 pay on the CPU
+    fp32 = onnx.load(str(trained))
+    weights = {i.name for i in fp32.graph.initializer}
+    matmuls = [n for n in fp32.graph.node if n.op_type == "MatMul"]
+    constant = sum(n.input[1] in weights for n in matmuls)
+    assert 0 < constant < len(matmuls)
+    ops = [n.op_type for n in cpu.graph.node]
+    assert ops.count("QLinearMatMul") == constant
+    assert ops.count("MatMul") == len(matmuls) - constant and "QLinearSoftmax" not in ops
     want = ort.run(ort.open_session(trained.read_bytes()), images)
     got = ort.run(ort.open_session(cpu.SerializeToString()), images)
     outputs = [lv["output"] for lv in meta["levels"]]
