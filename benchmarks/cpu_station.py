@@ -5,15 +5,16 @@ INT8 (issue 16 part 5: >= 20 FPS through the INT8 `unias-edge` model on 2 cores)
         [--batches 1,4] [--rounds 2] [--work DIR] [--out benchmarks/results]
 
 The model is `edgeas export --config PRESET --random-init --dynamic-batch` (random
-weights cost what trained ones do), its INT8 files come from `edgeas calibrate` (entropy) on normal images
-of the built-in set, and the clip is runtime_bench's (test images of the built-in set
-scaled to --size, written as mp4). Each measurement is the real command line, a fresh
-process: `edgeas stream --model MODEL.onnx --precision fp32|int8 --video CLIP --events DIR
---threshold T --batch B --summary-json S`, the threshold set so that about 5% of frames
-are NG (events written). Reported per run: the pipeline's FPS from the summary (frames
-over the streaming time) and the whole command's frames per wall-clock second (start-up,
-model load and the events' PNGs included). Runs interleave precisions and batch sizes in
-each round; medians over rounds.
+weights cost what trained ones do), its INT8 files come from `edgeas calibrate`
+(entropy) on normal images of the built-in set, and the clip is runtime_bench's (test
+images of the built-in set scaled to --size, written as mp4). Each measurement is the
+real command line, a fresh process: `edgeas stream --model MODEL.onnx --precision
+fp32|int8 --video CLIP --events DIR --threshold T --batch B --summary-json S`, the
+threshold set so that about 5% of frames are NG (events written). Reported per run: the
+pipeline's FPS from the summary (frames over the streaming time) and the whole
+command's frames per wall-clock second (start-up, model load and the events' PNGs
+included). Runs interleave precisions and batch sizes in each round; medians over
+rounds.
 """
 
 from __future__ import annotations
