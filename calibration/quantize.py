@@ -21,7 +21,9 @@ Two formats from the same ranges:
   (Q K^T, A V) stay float, since each would need a QuantizeLinear on both inputs and a
   QLinearSoftmax before it, conversions that cost more than the integer product saves
   (unias-edge: 1325 nodes instead of 1427, 1.19x FP32 instead of 1.05x in one
-  interleaved run; benchmarks/EXPERIMENTS.md, issue 16).
+  interleaved run; benchmarks/EXPERIMENTS.md, issue 16). Before quantizing, each MatMul
+  by a constant weight followed by a constant bias is rewritten as a 2-D Gemm
+  (calibration/cpu_gemm.py), which quantizes to one QGemm with its bias inside.
 
 Either format keeps a decision head's subgraph (edgeas.head_graph: the nodes that feed
 only its output) in float, whatever `exclude`/`only` say: its nearest-neighbour distance
@@ -36,11 +38,13 @@ import contextlib
 import logging
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgeas.calibration.cpu_gemm import matmul_bias_to_gemm
 from edgeas.calibration.ranges import Ranges
 from edgeas.errors import CalibrationError, require
 from edgeas.head_graph import head_node_names
@@ -66,7 +70,7 @@ def describe(fmt: str, head_nodes: int = 0) -> dict[str, Any]:
         out = {"format": "qoperator", "activations": "uint8 asymmetric per-tensor",
                "weights": "int8 symmetric per-channel, 7-bit range", "bias": "int32",
                "op_types": list(OP_TYPES), "matmul": "constant weights only",
-               "target": "ONNX Runtime CPU"}
+               "graph": "MatMul + bias as Gemm (QGemm)", "target": "ONNX Runtime CPU"}
     if head_nodes:
         out["decision_head"] = {"float_nodes": head_nodes}
     return out
@@ -75,6 +79,17 @@ def describe(fmt: str, head_nodes: int = 0) -> dict[str, Any]:
 def float_head(model) -> list[str]:
     """The decision head's nodes (edgeas.head_graph), which no INT8 model quantizes."""
     return head_node_names(model)
+
+
+def _with_copies(ranges: Ranges, same_values: dict[str, str]) -> Ranges:
+    """`ranges` plus the tensors a graph edit added, each with the range of the tensor
+    whose values it carries (a reshaped view holds the same numbers)."""
+    def extend(table: dict[str, float]) -> dict[str, float]:
+        return {**table, **{new: table[old] for new, old in same_values.items()
+                            if old in table}}
+
+    return replace(ranges, amax=extend(ranges.amax), low=extend(ranges.low),
+                   high=extend(ranges.high))
 
 
 def _tensors_data(q, ranges: Ranges):
@@ -126,6 +141,12 @@ def quantize(model, ranges: Ranges, fmt: str, exclude: Sequence[str] = (),
             if asked and not only:  # ONNX Runtime would read [] as "every node"
                 raise CalibrationError("the nodes to quantize are all the decision head's, "
                                        "which stays float")
+    if fmt == "qoperator":  # MatMul + bias -> Gemm: one QGemm instead of three ops
+        # nodes that stay float keep their names (mixed precision and the report use them)
+        model, edit = matmul_bias_to_gemm(model, keep=set(exclude),
+                                          only=None if only is None else set(only))
+        only = None if only is None else [edit.nodes.get(n, n) for n in only]
+        ranges = _with_copies(ranges, edit.same_values)
     method, tensors = _tensors_data(q, ranges)
     if fmt == "qdq":
         kwargs = {
