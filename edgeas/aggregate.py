@@ -39,6 +39,7 @@ work on a bare Jetson image without torch.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Sequence
@@ -282,11 +283,18 @@ def fused_levels(maps: Sequence[np.ndarray], smoothing: Smoothing = None,
             for i, m in enumerate(levels)]
 
 
-def resize_align_corners(level: np.ndarray, h: int, w: int,
-                         dst: np.ndarray | None = None) -> np.ndarray:
-    """Align-corners bilinear of a 2-D float32 `level` to (h, w) (into dst if given).
-    cv2.resize only has half-pixel centres; an affine warp with the align-corners scale
-    samples where torch does (within float rounding) at cv2.resize's speed."""
+@functools.lru_cache(maxsize=1)
+def warp_is_exact() -> bool:
+    """Whether this OpenCV's warpAffine samples float maps at exact positions. OpenCV 5
+    does; OpenCV 4 rounds positions to 1/32 pixel (up to ~2% of a rough map's range),
+    so there the numpy resize, exact and slower, takes its place."""
+    rng = np.random.default_rng(0)
+    level = rng.random((7, 5), dtype=np.float32)
+    warped = _warp(level, 13, 11, None)
+    return float(np.abs(warped - resize_bilinear(level, (13, 11), True)).max()) <= 1e-5
+
+
+def _warp(level: np.ndarray, h: int, w: int, dst: np.ndarray | None) -> np.ndarray:
     lh, lw = level.shape
     sx = (lw - 1) / (w - 1) if w > 1 else 0.0
     sy = (lh - 1) / (h - 1) if h > 1 else 0.0
@@ -294,6 +302,17 @@ def resize_align_corners(level: np.ndarray, h: int, w: int,
     return cv2.warpAffine(level, warp, (w, h), dst=dst,
                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                           borderMode=cv2.BORDER_REPLICATE)
+
+
+def resize_align_corners(level: np.ndarray, h: int, w: int,
+                         dst: np.ndarray | None = None) -> np.ndarray:
+    """Align-corners bilinear of a 2-D float32 `level` to (h, w) (into dst if given).
+    cv2.resize only has half-pixel centres; an affine warp with the align-corners scale
+    samples where torch does (within float rounding) at cv2.resize's speed, where this
+    OpenCV's warp is exact (`warp_is_exact`); else numpy's torch-exact resize."""
+    if warp_is_exact():
+        return _warp(level, h, w, dst)
+    return resize_bilinear(level, (h, w), True, out=dst)
 
 
 def fused_map(maps: Sequence[np.ndarray], out_hw: Sequence[int], smoothing: Smoothing = None,

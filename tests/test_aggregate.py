@@ -152,6 +152,24 @@ def test_fused_matches_the_torch_oracle(shapes, out_hw):
     assert np.abs(batched - f32).max() <= TOL
 
 
+def test_fused_without_an_exact_opencv_warp_computes_the_same(monkeypatch):
+    """OpenCV 4 rounds warpAffine's positions to 1/32 px: there the numpy resize samples."""
+    import cv2
+
+    import edgeas.aggregate as agg
+
+    levels = _random_levels(np.random.default_rng(11), FUSED_CASES[2][0])
+    warped, _ = aggregate(levels, (333, 517), mode="fused", smoothing="none")
+    probe = agg.warp_is_exact
+    monkeypatch.setattr(agg, "warp_is_exact", lambda: False)
+    numpy_path, _ = aggregate(levels, (333, 517), mode="fused", smoothing="none")
+    assert np.abs(numpy_path - warped).max() <= TOL * max(1.0, float(np.abs(warped).max()))
+    assert np.abs(numpy_path - _torch_fused(levels, (333, 517),
+                                            pytest.importorskip("torch").float32)).max() <= TOL
+    # and the probe itself says what this OpenCV does
+    assert probe.__wrapped__() is (int(cv2.__version__.split(".")[0]) >= 5)
+
+
 def test_naive_baseline_equals_fused():
     # The baseline lives with its benchmark, not in the package.
     benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
