@@ -124,7 +124,9 @@ def test_every_sink_gets_open_frames_events_and_close_in_order():
     assert station["min_area"] == 0 and station["aggregation"] == {
         "mode": "fused", "smoothing": "official", "levels": "all"}
     r = a.results[1]
-    assert (r.index, r.is_ng, r.score, r.threshold, r.model) == (1, True, 1.0, 0.5, "fake.onnx")
+    # a constant map of 1 stays 1 up to the float32 rounding of the smoothing kernel's sum
+    assert (r.index, r.is_ng, r.threshold, r.model) == (1, True, 0.5, "fake.onnx")
+    assert r.score == pytest.approx(1.0, abs=1e-6)
     # decided at the model's size (32x32), boxes in frame pixels (issue 12)
     assert r.frame is pattern[1] and r.amap.shape == r.mask.shape == FakeBackend.recipe.input_size
     assert r.regions == [[0, 0, 64, 48]] and r.latency_s > 0
