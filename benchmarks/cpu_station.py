@@ -32,22 +32,12 @@ from typing import Any
 
 from machine import machine_facts
 from publish import write_results
-from runtime_bench import clip_threshold, make_video
+from runtime_bench import clip_threshold, export, make_video
 
 from edgeas.runtime.backends import open_backend
 
 PRECISIONS = ("fp32", "int8")
 CALIBRATION_IMAGES = 48
-
-
-def export(preset: str, work: Path) -> Path:
-    """The preset untrained, with a dynamic batch so that --batch can exceed 1."""
-    out = work / f"{preset}.onnx"
-    if not out.is_file():
-        subprocess.run([sys.executable, "-m", "edgeas", "export", "--config", preset,
-                        "--random-init", "--dynamic-batch", "-o", str(out)],
-                       check=True, capture_output=True)
-    return out
 
 
 def calibrate(fp32: Path, work: Path) -> Path:
@@ -87,7 +77,7 @@ def stream(model: Path, precision: str, clip: Path, threshold: float, batch: int
 def run(preset: str, frames: int, size: tuple[int, int], batches: list[int], rounds: int,
         work: Path) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
-    fp32 = export(preset, work)
+    fp32 = export(preset, work, dynamic_batch=True)
     calibrate(fp32, work)
     clip = make_video(work, frames, size)
     backend = open_backend(fp32, "cpu")

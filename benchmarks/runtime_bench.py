@@ -47,11 +47,16 @@ WARMUP = 3
 NG_QUANTILE = 0.95  # the threshold: about this share of the clip's frames stays OK
 
 
-def export(preset: str, work: Path) -> Path:
-    out = work / f"{preset}.onnx"
+def export(preset: str, work: Path, dynamic_batch: bool = False) -> Path:
+    """`edgeas export --config PRESET --random-init` into `work` (kept between runs);
+    `dynamic_batch`: with --dynamic-batch, so that a station may run --batch > 1."""
+    # named apart: a shared --work must not hand a static model to a batched station
+    out = work / f"{preset}{'_dynamic' if dynamic_batch else ''}.onnx"
     if not out.is_file():
         subprocess.run([sys.executable, "-m", "edgeas", "export", "--config", preset,
-                        "--random-init", "-o", str(out)], check=True, capture_output=True)
+                        "--random-init", "-o", str(out),
+                        *(["--dynamic-batch"] if dynamic_batch else [])],
+                       check=True, capture_output=True)
     return out
 
 

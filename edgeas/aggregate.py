@@ -158,19 +158,31 @@ def _setting(levels: list[np.ndarray], smoothing: Smoothing, use: LevelSet):
 # --------------------------------------------------------------------------- reference mode
 
 
-def _reference_small(levels: list[np.ndarray], pairs: Sequence[tuple[int, float]],
-                     size: tuple[int, int]):
-    """(resized, smoothed, product) at the finest level's size for (B, h, w) stacks."""
+def _finest_levels(levels: list[np.ndarray], pairs: Sequence[tuple[int, float]],
+                   size: tuple[int, int]):
+    """(resized, smoothed) at the finest level's size for (B, h, w) stacks: the reference's
+    first two steps, which fused shares."""
     # the official code does not resize res1 (a same-size resize is the identity anyway)
     up = [m if m.shape[-2:] == size else resize_bilinear(m, size, align_corners=False)
           for m in levels]
     post = [gaussian_blur(u, k, s) for u, (k, s) in zip(up, pairs, strict=True)] \
         if pairs else up
-    order = _product_order(len(levels))
+    return up, post
+
+
+def _product(post: list[np.ndarray]) -> np.ndarray:
+    order = _product_order(len(post))
     product = post[order[0]].copy()
     for i in order[1:]:
         product *= post[i]
-    return up, post, product
+    return product
+
+
+def _reference_small(levels: list[np.ndarray], pairs: Sequence[tuple[int, float]],
+                     size: tuple[int, int]):
+    """(resized, smoothed, product) at the finest level's size for (B, h, w) stacks."""
+    up, post = _finest_levels(levels, pairs, size)
+    return up, post, _product(post)
 
 
 def reference_stages(
@@ -230,7 +242,7 @@ def aggregate_batch(
     order = _product_order(len(levels))
     out = np.empty((levels[0].shape[0], h, w), np.float32)
     for s in range(0, out.shape[0], _CHUNK):
-        post = _reference_small([m[s : s + _CHUNK] for m in levels], pairs, finest)[1]
+        post = _finest_levels([m[s : s + _CHUNK] for m in levels], pairs, finest)[1]
         acc = resize_bilinear(post[order[0]], (h, w), align_corners=True)
         for i in order[1:]:
             acc *= resize_bilinear(post[i], (h, w), align_corners=True)
@@ -258,6 +270,15 @@ def _scratch(shape: tuple[int, int]) -> np.ndarray:
     return buf
 
 
+@functools.lru_cache(maxsize=64)
+def _kernel(kernel: int, sigma: float) -> np.ndarray:
+    """The setting's 1-D Gaussian, made once per (kernel, sigma) rather than per frame and
+    level (a tenth of the fused pass at model size); read-only, as it is shared."""
+    g = gaussian_kernel1d(kernel, sigma)
+    g.flags.writeable = False
+    return g
+
+
 def _smooth_at_finest(level: np.ndarray, pair: tuple[int, float] | None,
                       finest: tuple[int, int]) -> np.ndarray:
     """One level resized to the finest size (half-pixel) and smoothed there (reflect-101):
@@ -268,7 +289,7 @@ def _smooth_at_finest(level: np.ndarray, pair: tuple[int, float] | None,
                                                         interpolation=cv2.INTER_LINEAR)
     if pair is None:
         return up
-    g = gaussian_kernel1d(int(pair[0]), float(pair[1]))
+    g = _kernel(int(pair[0]), float(pair[1]))
     return cv2.sepFilter2D(up, cv2.CV_32F, g, g, borderType=cv2.BORDER_REFLECT_101)
 
 
