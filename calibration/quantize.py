@@ -23,7 +23,10 @@ Two formats from the same ranges:
   (unias-edge: 1325 nodes instead of 1427, 1.19x FP32 instead of 1.05x in one
   interleaved run; benchmarks/EXPERIMENTS.md, issue 16). Before quantizing, each MatMul
   by a constant weight followed by a constant bias is rewritten as a 2-D Gemm
-  (calibration/cpu_gemm.py), which quantizes to one QGemm with its bias inside.
+  (calibration/cpu_gemm.py), which quantizes to one QGemm with its bias inside. The
+  Adds, Pads and ReLU/ReLU6 fed only by quantized convolutions (the backbone's residual
+  blocks) are quantized too (calibration/cpu_chain.py), so that the convolutions run as
+  one integer chain instead of leaving and re-entering float around each of them.
 
 Either format keeps a decision head's subgraph (edgeas.head_graph: the nodes that feed
 only its output) in float, whatever `exclude`/`only` say: its nearest-neighbour distance
@@ -44,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeas.calibration.cpu_chain import CHAIN_OPS, conv_chain_nodes
 from edgeas.calibration.cpu_gemm import matmul_bias_to_gemm
 from edgeas.calibration.ranges import Ranges
 from edgeas.errors import CalibrationError, require
@@ -70,7 +74,9 @@ def describe(fmt: str, head_nodes: int = 0) -> dict[str, Any]:
         out = {"format": "qoperator", "activations": "uint8 asymmetric per-tensor",
                "weights": "int8 symmetric per-channel, 7-bit range", "bias": "int32",
                "op_types": list(OP_TYPES), "matmul": "constant weights only",
-               "graph": "MatMul + bias as Gemm (QGemm)", "target": "ONNX Runtime CPU"}
+               "graph": "MatMul + bias as Gemm (QGemm)",
+               "conv_chain": "Add/Pad/Clip/Relu fed only by quantized Conv",
+               "target": "ONNX Runtime CPU"}
     if head_nodes:
         out["decision_head"] = {"float_nodes": head_nodes}
     return out
@@ -141,12 +147,21 @@ def quantize(model, ranges: Ranges, fmt: str, exclude: Sequence[str] = (),
             if asked and not only:  # ONNX Runtime would read [] as "every node"
                 raise CalibrationError("the nodes to quantize are all the decision head's, "
                                        "which stays float")
+    op_types = list(OP_TYPES)
     if fmt == "qoperator":  # MatMul + bias -> Gemm: one QGemm instead of three ops
         # nodes that stay float keep their names (mixed precision and the report use them)
         model, edit = matmul_bias_to_gemm(model, keep=set(exclude),
                                           only=None if only is None else set(only))
         only = None if only is None else [edit.nodes.get(n, n) for n in only]
         ranges = _with_copies(ranges, edit.same_values)
+        # the convolutions' Adds, Pads and activations join them into one integer chain
+        chain = set(conv_chain_nodes(model, float_nodes=set(exclude), only=only))
+        op_types += CHAIN_OPS
+        if only is not None:
+            only = [*only, *sorted(chain)]
+        else:
+            exclude = [*exclude, *(n.name for n in model.graph.node
+                                   if n.op_type in CHAIN_OPS and n.name not in chain)]
     method, tensors = _tensors_data(q, ranges)
     if fmt == "qdq":
         kwargs = {
@@ -176,7 +191,7 @@ def quantize(model, ranges: Ranges, fmt: str, exclude: Sequence[str] = (),
             with _quiet(), contextlib.redirect_stdout(None):
                 q.quantize_static(
                     model, out, calibration_data_reader=None, per_channel=True,
-                    op_types_to_quantize=list(OP_TYPES),
+                    op_types_to_quantize=op_types,
                     nodes_to_quantize=list(only) if only is not None else None,
                     nodes_to_exclude=list(exclude) or None,
                     calibrate_method=method, calibration_cache_path=cache, **kwargs,

@@ -25,6 +25,7 @@ from edgeas.artifacts import read_onnx_metadata  # noqa: E402
 from edgeas.calibration import images as im  # noqa: E402
 from edgeas.calibration import quantize as qz  # noqa: E402
 from edgeas.calibration.command import CalibrateOptions, calibrate_command  # noqa: E402
+from edgeas.calibration.cpu_chain import conv_chain_nodes  # noqa: E402
 from edgeas.errors import CalibrationError, ConfigError  # noqa: E402
 from edgeas.preprocess import Recipe, preprocess_bgr  # noqa: E402
 
@@ -163,6 +164,10 @@ def test_cpu_model_runs_in_onnx_runtime_and_agrees_with_fp32(trained, calibrated
     assert ops.count("QGemm") > gemms
     assert ops.count("QLinearMatMul") + ops.count("QGemm") == constant + gemms
     assert ops.count("MatMul") == len(matmuls) - constant and "QLinearSoftmax" not in ops
+    # the backbone's residual Adds join its convolutions (calibration/cpu_chain.py)
+    chain = set(conv_chain_nodes(fp32, float_nodes=set(qz.float_head(fp32))))
+    residual = [n for n in fp32.graph.node if n.name in chain and n.op_type == "Add"]
+    assert residual and ops.count("QLinearAdd") == len(residual)
     want = ort.run(ort.open_session(trained.read_bytes()), images)
     got = ort.run(ort.open_session(cpu.SerializeToString()), images)
     outputs = [lv["output"] for lv in meta["levels"]]
