@@ -154,24 +154,34 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--onnx", type=Path, required=True)
     p.add_argument("--int8", type=Path, default=None, help="its QOperator model")
+
+
+def models_given(a: argparse.Namespace) -> list[tuple[str, Path]]:
+    """(kind, path) of the FP32 model and, when given, its INT8 one; exits naming a
+    missing file."""
+    for path in (a.onnx, a.int8):
+        if path is not None and not path.is_file():
+            raise SystemExit(f"no such model file: {path}")
+    return [(kind, path) for kind, path in (("fp32", a.onnx), ("int8 QOperator", a.int8))
+            if path is not None]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_arguments(p)
     p.add_argument("--name", default=None, help="the results' key (default: the file stem)")
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     a = p.parse_args()
-    for path in (a.onnx, a.int8):
-        if path is not None and not path.is_file():
-            raise SystemExit(f"no such model file: {path}")
+    models = models_given(a)
     image = test_image(a.onnx)
     profiles = {}
-    for kind, path in (("fp32", a.onnx), ("int8 QOperator", a.int8)):
-        if path is None:
-            continue
+    for kind, path in models:
         before = loadavg()
         result = profile(path, image, a.runs, a.warmup)
         profiles[kind] = {"model": path.name, **result, "load_before": before,

@@ -23,15 +23,26 @@ CPU = ("CPUExecutionProvider",)
 # graphs that hold FP16 tensors; every other optimisation stays on, and FP32 graphs keep
 # it (it is what makes convolutions fast on x86 CPUs).
 FP16_DISABLED_OPTIMIZERS = ("NchwcTransformer",)
+# On the CPU, ONNX Runtime's fusion of a residual Add and the LayerNormalization after it
+# (SkipLayerNormalization) is slower than the two ops it replaces: 200 against 78 us on a
+# (196, 1, 256) tensor with 2 threads, 352 against 51 us with one (ONNX Runtime 1.32,
+# 2-core Xeon). unias-edge has 26 of them: 3.3 ms a frame in FP32 and in INT8
+# (benchmarks/ort_fusions.py; no other fusion's removal gained). GPU providers keep it.
+CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 # The session config key that lists disabled optimizers: the choice is written there
 # too, so that `session.get_session_options()` shows it.
 DISABLED_OPTIMIZERS_KEY = "optimization.disable_specified_optimizers"
 QUIET = 3  # ONNX Runtime log severity: errors only (its default, 2, prints warnings)
 
 
-def disabled_optimizers(model: bytes | str | os.PathLike) -> tuple[str, ...]:
-    """The optimizers a session on `model` runs without: the FP16 guard, or none."""
-    return FP16_DISABLED_OPTIMIZERS if has_fp16_initializers(model) else ()
+def disabled_optimizers(model: bytes | str | os.PathLike,
+                        providers: Sequence[str] = CPU) -> tuple[str, ...]:
+    """The optimizers a session on `model` with `providers` runs without: the FP16 guard,
+    and the fusions that are slower on the CPU when the CPU is the only provider."""
+    names = FP16_DISABLED_OPTIMIZERS if has_fp16_initializers(model) else ()
+    if all(p == CPU[0] for p in providers):
+        names += CPU_DISABLED_OPTIMIZERS
+    return names
 
 
 def open_session(
@@ -62,7 +73,7 @@ def open_session(
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
-    disabled = disabled_optimizers(model)
+    disabled = disabled_optimizers(model, providers)
     if disabled:
         options.add_session_config_entry(DISABLED_OPTIMIZERS_KEY, ",".join(disabled))
     source = model if isinstance(model, bytes) else str(Path(model))

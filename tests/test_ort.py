@@ -57,19 +57,58 @@ def test_unreadable_models_are_left_to_onnx_runtime(tmp_path):
         assert has_fp16_initializers(model) is False
 
 
-def test_fp16_sessions_get_the_guard_and_fp32_sessions_keep_every_optimizer(tmp_path):
+def _disabled(session) -> list[str]:
+    return session.get_session_options().get_session_config_entry(
+        ort.DISABLED_OPTIMIZERS_KEY).split(",")
+
+
+def test_fp16_sessions_get_the_guard_and_fp32_sessions_keep_the_layout_optimizer(tmp_path):
     x = np.arange(48, dtype=np.float32).reshape(1, 3, 4, 4)
     fp16 = _scaled(np.float16)
     path16 = tmp_path / "m.fp16.onnx"
     onnx.save(fp16, str(path16))
     for model in (fp16.SerializeToString(), path16):
         session = ort.open_session(model, threads=1)
+        assert _disabled(session) == ["NchwcTransformer", "SkipLayerNormFusion"]
         options = session.get_session_options()
-        assert options.get_session_config_entry(ort.DISABLED_OPTIMIZERS_KEY) == "NchwcTransformer"
         assert options.intra_op_num_threads == 1 and options.log_severity_level == ort.QUIET
         np.testing.assert_allclose(ort.run(session, x)["y"], x * 0.5)
     fp32 = ort.open_session(_scaled(np.float32).SerializeToString(), quiet=False)
-    assert ort.disabled_optimizers(_scaled(np.float32).SerializeToString()) == ()
-    with pytest.raises(RuntimeError):  # no entry at all: nothing is disabled
-        fp32.get_session_options().get_session_config_entry(ort.DISABLED_OPTIMIZERS_KEY)
+    assert ort.disabled_optimizers(_scaled(np.float32).SerializeToString()) == (
+        "SkipLayerNormFusion",)
+    assert _disabled(fp32) == ["SkipLayerNormFusion"]
     assert fp32.get_session_options().log_severity_level != ort.QUIET
+    # a GPU provider keeps the fusion (its kernel there is the fast one)
+    gpu = ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert ort.disabled_optimizers(_scaled(np.float32).SerializeToString(), gpu) == ()
+    assert ort.disabled_optimizers(fp16.SerializeToString(), gpu) == ("NchwcTransformer",)
+
+
+def _residual_layernorm() -> onnx.ModelProto:
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.normal(size=8).astype(np.float32), "gamma"),
+             numpy_helper.from_array(rng.normal(size=8).astype(np.float32), "beta")]
+    nodes = [helper.make_node("Add", ["x", "skip"], ["s"]),
+             helper.make_node("LayerNormalization", ["s", "gamma", "beta"], ["y"], axis=-1)]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [5, 1, 8])
+              for n in ("x", "skip")]
+    graph = helper.make_graph(nodes, "g", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_residual_layernorm_runs_unfused_on_the_cpu_with_the_fused_result(tmp_path):
+    model = _residual_layernorm()
+    path = tmp_path / "ln.onnx"
+    onnx.save(model, str(path))
+    opt = tmp_path / "ln.opt.onnx"
+    options = onnxruntime.SessionOptions()
+    options.optimized_model_filepath = str(opt)
+    fused = onnxruntime.InferenceSession(str(path), options, providers=list(ort.CPU))
+    assert "SkipLayerNormalization" in [n.op_type for n in onnx.load(str(opt)).graph.node]
+    session = ort.open_session(path)
+    rng = np.random.default_rng(4)
+    feed = {n: rng.normal(size=(5, 1, 8)).astype(np.float32) for n in ("x", "skip")}
+    np.testing.assert_allclose(session.run(None, feed)[0], fused.run(None, feed)[0],
+                               rtol=1e-5, atol=1e-5)

@@ -68,11 +68,12 @@ def test_an_fp16_model_streams_on_the_cpu_with_the_fp16_guard(exported, frames):
     assert isinstance(backend, OnnxRuntimeBackend) and backend.device == "cpu"
     assert backend.precision == "fp16"
     options = backend.session.get_session_options()
-    assert options.get_session_config_entry(DISABLED_OPTIMIZERS_KEY) == "NchwcTransformer"
+    disabled = options.get_session_config_entry(DISABLED_OPTIMIZERS_KEY).split(",")
+    assert "NchwcTransformer" in disabled
     reference = open_backend(exported["fp32"], "cpu")
-    with pytest.raises(RuntimeError):  # FP32 keeps ONNX Runtime's NCHWc optimisation
-        reference.session.get_session_options().get_session_config_entry(
-            DISABLED_OPTIMIZERS_KEY)
+    # FP32 keeps ONNX Runtime's NCHWc optimisation
+    assert "NchwcTransformer" not in reference.session.get_session_options(
+        ).get_session_config_entry(DISABLED_OPTIMIZERS_KEY)
     for got, want in zip(_maps(backend, frames), _maps(reference, frames)):
         assert [m.shape for m in got] == SHAPES
         assert all(m.dtype == np.float32 and np.isfinite(m).all() for m in got)
