@@ -175,14 +175,22 @@ class OnnxRuntimeBackend(Backend):
 
 
 def ort_session_settings(session) -> dict[str, Any]:
-    """What an ONNX Runtime session runs with: providers, graph optimisation level, thread
+    """What an ONNX Runtime session runs with: providers, graph optimisation level and the
+    optimizers switched off (edgeas.ort), thread
     counts (0 means ONNX Runtime's own choice: one intra-op thread per physical core) and
     execution mode, so that a timing says what it timed."""
+    from edgeas.ort import DISABLED_OPTIMIZERS_KEY
+
     options = session.get_session_options()
     level = str(options.graph_optimization_level).rsplit(".", 1)[-1]
+    try:
+        disabled = options.get_session_config_entry(DISABLED_OPTIMIZERS_KEY)
+    except RuntimeError:  # no entry: nothing switched off
+        disabled = ""
     return {
         "providers": list(session.get_providers()),
         "graph_optimization": level.removeprefix("ORT_").lower(),
+        "disabled_optimizers": [n for n in disabled.split(",") if n],
         "intra_op_threads": int(options.intra_op_num_threads),
         "inter_op_threads": int(options.inter_op_num_threads),
         "execution_mode": str(options.execution_mode).rsplit(".", 1)[-1]

@@ -180,12 +180,16 @@ def bench_command(model: str | Path, frames: int, batch: int, json_out: Path | N
 
 
 def session_line(session: dict[str, Any]) -> str:
-    """'providers CPUExecutionProvider; graph optimisation enable_all; threads intra-op 2,
-    inter-op ORT default; sequential' (0 threads: ONNX Runtime's own choice)."""
+    """'providers CPUExecutionProvider; graph optimisation enable_all without
+    SkipLayerNormFusion; threads intra-op 2, inter-op ORT default; sequential' (0 threads:
+    ONNX Runtime's own choice)."""
     def threads(n: int) -> str:
         return str(n) if n else "ORT default"
 
     return (f"providers {', '.join(session['providers'])}; graph optimisation "
-            f"{session['graph_optimization']}; threads intra-op "
+            f"{session['graph_optimization']}"
+            + (f" without {', '.join(session['disabled_optimizers'])}"
+               if session.get("disabled_optimizers") else "")
+            + "; threads intra-op "
             f"{threads(session['intra_op_threads'])}, inter-op "
             f"{threads(session['inter_op_threads'])}; {session['execution_mode']}")

@@ -13,6 +13,7 @@ import pytest
 from test_stream_support import trained_model_path
 
 from edgeas.errors import ArtifactError, ConfigError, DependencyError
+from edgeas.ort import disabled_optimizers
 from edgeas.runtime.backends import OnnxRuntimeBackend, open_backend
 from edgeas.runtime.tensorrt_backend import check_engine_compat
 
@@ -34,7 +35,9 @@ def test_onnx_runtime_backend_reads_metadata_and_returns_four_maps(model):
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     maps = backend.infer(x)
     assert [m.shape for m in maps] == [(1, 112, 112), (1, 56, 56), (1, 28, 28), (1, 14, 14)]
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    # the same optimizers as the backend's session (edgeas.ort: a slow CPU fusion off)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"],
+                                   disabled_optimizers=list(disabled_optimizers(model)))
     direct = session.run(backend.output_names, {"image": x})
     for got, want in zip(maps, direct):
         np.testing.assert_array_equal(got, want[:, 0])

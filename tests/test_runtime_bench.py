@@ -34,9 +34,10 @@ def test_bench_command_writes_per_stage_latency_and_throughput(tmp_path_factory,
     session = result["session"]
     assert session["providers"] == ["CPUExecutionProvider"]
     assert session["graph_optimization"] == "enable_all"
+    assert session["disabled_optimizers"] == ["SkipLayerNormFusion"]
     assert session["intra_op_threads"] >= 0 and session["execution_mode"] == "sequential"
     assert "ONNX Runtime session: providers CPUExecutionProvider; graph optimisation " \
-        "enable_all" in " ".join(run.stderr.split())
+        "enable_all without SkipLayerNormFusion;" in " ".join(run.stderr.split())
 
 
 def test_bench_on_a_video(tmp_path_factory, tmp_path):
