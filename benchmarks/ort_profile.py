@@ -41,6 +41,40 @@ INTEGER_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
                "MatMulInteger", "ConvInteger"}
 
 
+# FP32 ops that the QOperator model runs as integer kernels (a constant-weight MatMul with
+# its bias is a Gemm after ONNX Runtime's fusion), and those integer kernels
+QUANTIZED_FP32_OPS = ("Conv", "Gemm")
+INTEGER_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul")
+TARGET_SPEEDUP = 1.8  # issue 16: INT8 >= 1.8x FP32 on unias-edge
+
+
+def speedup_bound(fp32: dict[str, Any], int8: dict[str, Any],
+                  target: float = TARGET_SPEEDUP) -> dict[str, float]:
+    """What the profiles allow INT8 to gain over FP32 (Amdahl): the FP32 kernel time splits
+    into what INT8 runs as integer kernels (Conv, Gemm) and the rest; with the integer
+    kernels' measured speed-up over their float versions and conversions for free, the
+    frame can gain at most `bound_measured`, and at most `bound_infinite` however fast they
+    were; `needed_kernel_speedup`: what they would need for `target` (inf when the rest
+    alone is too slow)."""
+    def ms(profile: dict[str, Any], ops) -> float:
+        return sum(o["ms_per_frame"] for o in profile["ops"] if o["op"] in ops)
+
+    total = fp32["kernel_ms_per_frame"]
+    quantized = ms(fp32, QUANTIZED_FP32_OPS)
+    integer = ms(int8, INTEGER_KERNELS)
+    rest = total - quantized
+    kernel_speedup = quantized / integer if integer else float("inf")
+    budget = total / target - rest
+    return {
+        "fp32_quantized_ms": round(quantized, 3), "fp32_rest_ms": round(rest, 3),
+        "int8_kernel_ms": round(integer, 3), "kernel_speedup": round(kernel_speedup, 3),
+        "bound_measured": round(total / (rest + quantized / kernel_speedup), 3),
+        "bound_infinite": round(total / rest, 3) if rest > 0 else float("inf"),
+        "target": target,
+        "needed_kernel_speedup": round(quantized / budget, 2) if budget > 0 else float("inf"),
+    }
+
+
 def is_integer_op(op: str) -> bool:
     """Ops that compute on (or convert to/from) 8-bit integers."""
     return op in INTEGER_OPS or op.startswith("QLinear") or op.startswith("QGemm")
@@ -151,6 +185,16 @@ def markdown(report: dict[str, Any]) -> str:
                              f"{100 * sum(o['share'] for o in rest):.1f}% | "
                              f"{sum(o['nodes'] for o in rest)} |")
             lines.append("")
+        b = r.get("bound")
+        if b:
+            lines += [f"**What INT8 can gain here** (Amdahl, conversions for free): Conv and "
+                      f"Gemm take {b['fp32_quantized_ms']:.1f} ms of the FP32 kernel time, the "
+                      f"rest {b['fp32_rest_ms']:.1f} ms; their integer kernels run "
+                      f"{b['kernel_speedup']:.2f}x faster ({b['int8_kernel_ms']:.1f} ms), so "
+                      f"INT8 can be at most {b['bound_measured']:.2f}x FP32, and "
+                      f"{b['bound_infinite']:.2f}x with infinitely fast integer kernels; "
+                      f"{b['target']}x would need them {b['needed_kernel_speedup']}x faster "
+                      "than their float versions.", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -193,8 +237,10 @@ def main() -> None:
     import onnxruntime
 
     report["machine"] = {**machine_facts(), "onnxruntime": onnxruntime.__version__}
+    bound = (speedup_bound(profiles["fp32"], profiles["int8 QOperator"])
+             if len(profiles) == 2 else None)
     report["models"][a.name or a.onnx.stem] = {
-        "profiles": profiles, "top": a.top,
+        "profiles": profiles, "top": a.top, "bound": bound,
         "command": "python benchmarks/ort_profile.py " + shlex.join(sys.argv[1:])}
     write_results(a.out, "ort_profile", report, markdown(report))
 

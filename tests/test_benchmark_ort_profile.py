@@ -60,3 +60,22 @@ def test_warm_up_runs_are_dropped_from_a_trace():
                                         ("Softmax", False), ("Transpose", False)])
 def test_integer_ops(op, integer):
     assert ort_profile.is_integer_op(op) is integer
+
+
+def _profile(total: float, ops: dict[str, float]) -> dict:
+    return {"kernel_ms_per_frame": total,
+            "ops": [{"op": op, "ms_per_frame": ms} for op, ms in ops.items()]}
+
+
+def test_the_speedup_bound_is_amdahls_law_over_the_two_profiles():
+    fp32 = _profile(60.0, {"Conv": 20.0, "Gemm": 10.0, "Softmax": 5.0, "Add": 25.0})
+    int8 = _profile(50.0, {"QLinearConv": 10.0, "QGemm": 5.0, "DequantizeLinear": 8.0})
+    b = ort_profile.speedup_bound(fp32, int8, target=1.8)
+    assert b["fp32_quantized_ms"] == 30.0 and b["fp32_rest_ms"] == 30.0
+    assert b["kernel_speedup"] == 2.0
+    assert b["bound_measured"] == pytest.approx(60 / (30 + 15), abs=1e-3)
+    assert b["bound_infinite"] == 2.0
+    # 1.8x: 60 / 1.8 = 33.3 ms, 3.3 of them left for 30 ms of float kernels: 9x
+    assert b["needed_kernel_speedup"] == pytest.approx(30 / (60 / 1.8 - 30), abs=0.01)
+    assert ort_profile.speedup_bound(fp32, int8, target=2.5)["needed_kernel_speedup"] == \
+        float("inf")
