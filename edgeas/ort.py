@@ -24,10 +24,10 @@ CPU = ("CPUExecutionProvider",)
 # it (it is what makes convolutions fast on x86 CPUs).
 FP16_DISABLED_OPTIMIZERS = ("NchwcTransformer",)
 # On the CPU, ONNX Runtime's fusion of a residual Add and the LayerNormalization after it
-# (SkipLayerNormalization) is slower than the two ops it replaces: 200 against 78 us on a
-# (196, 1, 256) tensor with 2 threads, 352 against 51 us with one (ONNX Runtime 1.32,
-# 2-core Xeon). unias-edge has 26 of them: 3.3 ms a frame in FP32 and in INT8
-# (benchmarks/ort_fusions.py; no other fusion's removal gained). GPU providers keep it.
+# (SkipLayerNormalization) is slower than the two ops it replaces: 200-360 against 50-78
+# us on a (196, 1, 256) tensor, at 1 or 2 threads (ONNX Runtime 1.32, 2-core Xeon;
+# benchmarks/results/ort_fusions.md). unias-edge has 26 of them: 3.3 ms a frame in FP32
+# and in INT8. No other fusion's removal gained. GPU providers keep it.
 CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 # The session config key that lists disabled optimizers: the choice is written there
 # too, so that `session.get_session_options()` shows it.
