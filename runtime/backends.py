@@ -175,10 +175,10 @@ class OnnxRuntimeBackend(Backend):
 
 
 def ort_session_settings(session) -> dict[str, Any]:
-    """What an ONNX Runtime session runs with: providers, graph optimisation level and the
-    optimizers switched off (edgeas.ort), thread
-    counts (0 means ONNX Runtime's own choice: one intra-op thread per physical core) and
-    execution mode, so that a timing says what it timed."""
+    """What an ONNX Runtime session runs with: providers, graph optimisation level, the
+    optimizers switched off (edgeas.ort), thread counts (0 means ONNX Runtime's own choice:
+    one intra-op thread per physical core) and execution mode, so that a timing says what
+    it timed."""
     from edgeas.ort import DISABLED_OPTIMIZERS_KEY
 
     options = session.get_session_options()
