@@ -90,6 +90,11 @@ def time_runners(runners: dict[str, Any], runs: int) -> dict[str, list[float]]:
     return times
 
 
+def eager_graph(model, record) -> torch.nn.Module:
+    """The PyTorch side of the comparison: the exported graph's own module, in eval mode."""
+    return ExportGraph(model, False, list(record.aggregation.blur)).eval()
+
+
 def bench_preset(preset: str, work: Path, runs: int, images: int, budget_s: float) -> dict:
     folder = work / preset
     folder.mkdir(parents=True, exist_ok=True)
@@ -112,7 +117,7 @@ def bench_preset(preset: str, work: Path, runs: int, images: int, budget_s: floa
     recipe = record.preprocessing
     frame = make_normal(sorted(CLASSES)[0], size, np.random.default_rng(SEED + 1))
     x = preprocess_bgr(frame, recipe)[None]
-    graph = ExportGraph(model, False, list(record.aggregation.blur)).eval()
+    graph = eager_graph(model, record)
     xt = torch.from_numpy(x.copy())
     sessions = {"ort_fp32": ort_session(fp32),
                 "ort_int8_qoperator": ort_session(files["qoperator"]),

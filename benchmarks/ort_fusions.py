@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from publish import write_results
 
-from edgeas.ort import CPU, CPU_DISABLED_OPTIMIZERS, disabled_optimizers
+from edgeas.ort import CPU_DISABLED_OPTIMIZERS, disabled_optimizers, open_session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import loadavg, machine_facts  # noqa: E402
@@ -41,14 +41,8 @@ WARMUP = 3
 
 
 def session(model: bytes | str, disabled: list[str], threads: int = 2):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(model, options, providers=list(CPU),
-                                disabled_optimizers=disabled or None)
+    """edgeas's session factory with `disabled` as the optimizers switched off."""
+    return open_session(model, threads=threads, inter_threads=1, disabled=disabled)
 
 
 def interleaved(sessions: dict[str, Any], feeds: dict[str, dict], rounds: int

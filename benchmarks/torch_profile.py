@@ -63,16 +63,16 @@ def torch_profile(preset: str, image: np.ndarray, runs: int, warmup: int) -> dic
     import time
 
     import torch
+    from int8_bench import eager_graph
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profiler
 
     from edgeas.export.command import random_init_model
-    from edgeas.export.torch_graph import ExportGraph
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     model, record = random_init_model(preset)
-    graph = ExportGraph(model, False, list(record.aggregation.blur)).eval()
+    graph = eager_graph(model, record)
     x = torch.from_numpy(image.copy())
     frame_ms = []
     with torch.inference_mode():

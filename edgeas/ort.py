@@ -54,13 +54,16 @@ def open_session(
     quiet: bool = True,
     extra: str = "runtime",
     profile_prefix: str | None = None,
+    disabled: Sequence[str] | None = None,
 ):
     """An `onnxruntime.InferenceSession` on serialized model bytes or a model file.
 
     `threads`/`inter_threads` set the intra/inter-op thread counts (ONNX Runtime's own
     choice when None); `quiet` keeps ONNX Runtime's warnings out of the log; `extra`
     names the edgeas extra whose install a missing onnxruntime asks for;
-    `profile_prefix` turns on ONNX Runtime's profiler, its trace file named from it.
+    `profile_prefix` turns on ONNX Runtime's profiler, its trace file named from it;
+    `disabled`, the optimizers to switch off instead of edgeas's choice
+    (`disabled_optimizers`; benchmarks/ort_fusions.py compares the two).
     """
     ort = require("onnxruntime", "onnxruntime", extra)
     options = ort.SessionOptions()
@@ -73,7 +76,8 @@ def open_session(
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
-    disabled = disabled_optimizers(model, providers)
+    if disabled is None:
+        disabled = disabled_optimizers(model, providers)
     if disabled:
         options.add_session_config_entry(DISABLED_OPTIMIZERS_KEY, ",".join(disabled))
     source = model if isinstance(model, bytes) else str(Path(model))

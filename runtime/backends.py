@@ -19,7 +19,7 @@ import numpy as np
 
 from edgeas.artifacts import ENGINE_SUFFIXES, read_engine_metadata, read_onnx_record
 from edgeas.errors import ArtifactError, ConfigError, StreamError, require
-from edgeas.ort import open_session
+from edgeas.ort import DISABLED_OPTIMIZERS_KEY, open_session
 from edgeas.preprocess import Recipe
 from edgeas.record import ModelRecord
 
@@ -179,8 +179,6 @@ def ort_session_settings(session) -> dict[str, Any]:
     optimizers switched off (edgeas.ort), thread counts (0 means ONNX Runtime's own choice:
     one intra-op thread per physical core) and execution mode, so that a timing says what
     it timed."""
-    from edgeas.ort import DISABLED_OPTIMIZERS_KEY
-
     options = session.get_session_options()
     level = str(options.graph_optimization_level).rsplit(".", 1)[-1]
     try:

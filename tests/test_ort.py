@@ -112,3 +112,11 @@ def test_residual_layernorm_runs_unfused_on_the_cpu_with_the_fused_result(tmp_pa
     feed = {n: rng.normal(size=(5, 1, 8)).astype(np.float32) for n in ("x", "skip")}
     np.testing.assert_allclose(session.run(None, feed)[0], fused.run(None, feed)[0],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_a_caller_can_name_the_optimizers_to_switch_off_instead():
+    model = _scaled(np.float32).SerializeToString()
+    everything = ort.open_session(model, disabled=[])
+    with pytest.raises(RuntimeError):  # no entry at all: nothing is disabled
+        everything.get_session_options().get_session_config_entry(ort.DISABLED_OPTIMIZERS_KEY)
+    assert _disabled(ort.open_session(model, disabled=["GeluFusion"])) == ["GeluFusion"]
